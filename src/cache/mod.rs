@@ -1,0 +1,10 @@
+//! Files: where names resolve (only under the root), the shared map cache
+//! that RRQs send from, and upload staging. Knows nothing of TFTP.
+
+pub mod filemap;
+pub mod resolve;
+pub mod upload;
+
+pub use filemap::{FileCache, Source};
+pub use resolve::{PathRefusal, Root};
+pub use upload::{Upload, UploadError};

@@ -1,0 +1,167 @@
+//! Turning a request's file name into a file under the root, and nothing
+//! else: every open goes through `openat2(RESOLVE_BENEATH)`, so `..`,
+//! absolute symlinks and symlinks that climb out of the root are refused by
+//! the kernel, not by string checks that can be raced or fooled.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Longest file name accepted from a request, in bytes.
+pub const FILENAME_BYTES_MAX: usize = 255 * 4;
+
+/// Why a name was refused; maps to TFTP ERROR 1 or 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathRefusal {
+    NotFound,
+    AccessViolation,
+}
+
+/// Cleans a request's name into a path relative to the root: `/x` and `x`
+/// mean the same file, Windows clients' `\` separators become `/`. Refuses
+/// control characters, `..` components and overlong names.
+pub fn relative_name(name: &[u8], out: &mut Vec<u8>) -> Result<(), PathRefusal> {
+    out.clear();
+    if name.len() > FILENAME_BYTES_MAX {
+        return Err(PathRefusal::AccessViolation);
+    }
+    for component in name.split(|&b| b == b'/' || b == b'\\') {
+        match component {
+            b"" | b"." => continue,
+            b".." => return Err(PathRefusal::AccessViolation),
+            c if c.iter().any(|&b| b < 0x20 || b == 0x7f) => {
+                return Err(PathRefusal::AccessViolation);
+            }
+            c => {
+                if !out.is_empty() {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(c);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(PathRefusal::AccessViolation);
+    }
+    Ok(())
+}
+
+/// Maps an errno from opening a name to the refusal a client sees.
+pub fn refusal_for(err: &io::Error) -> PathRefusal {
+    match err.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => PathRefusal::NotFound,
+        _ => PathRefusal::AccessViolation,
+    }
+}
+
+/// `openat2(dir, path, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`.
+pub fn open_beneath(dir: RawFd, path: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c_path = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        how.mode = u64::from(mode);
+    }
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid NUL-terminated path and a properly sized open_how.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            c_path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The served directory, held open so a rename of its path cannot redirect us.
+#[derive(Debug)]
+pub struct Root {
+    dir: File,
+}
+
+impl Root {
+    pub fn open(path: &std::path::Path) -> io::Result<Root> {
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_directory()
+            .open(path)?;
+        if !dir.metadata()?.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        let root = Root { dir };
+        // openat2 appeared in Linux 5.6; refuse to run without it rather than
+        // fall back to a weaker check.
+        match open_beneath(root.fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "openat2 is not available (Linux 5.6 or later is required)",
+            )),
+            Err(e) => Err(e),
+            Ok(_) => Ok(root),
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.dir.as_raw_fd()
+    }
+
+    /// Opens a regular file for reading.
+    pub fn open_read(&self, name: &[u8], scratch: &mut Vec<u8>) -> Result<File, PathRefusal> {
+        relative_name(name, scratch)?;
+        let fd = open_beneath(self.fd(), scratch, libc::O_RDONLY | libc::O_NOCTTY, 0)
+            .map_err(|e| refusal_for(&e))?;
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|e| refusal_for(&e))?;
+        if !meta.is_file() {
+            return Err(PathRefusal::AccessViolation);
+        }
+        Ok(file)
+    }
+}
+
+trait DirectoryFlag {
+    fn custom_flags_directory(&mut self) -> &mut Self;
+}
+
+impl DirectoryFlag for std::fs::OpenOptions {
+    fn custom_flags_directory(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_DIRECTORY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(name: &[u8]) -> Result<Vec<u8>, PathRefusal> {
+        let mut out = Vec::new();
+        relative_name(name, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(rel(b"/boot/x").unwrap(), b"boot/x");
+        assert_eq!(rel(b"boot//x").unwrap(), b"boot/x");
+        assert_eq!(rel(b"\\Boot\\BCD").unwrap(), b"Boot/BCD");
+        assert_eq!(rel(b"./a/./b").unwrap(), b"a/b");
+        assert_eq!(rel(b"../etc/passwd"), Err(PathRefusal::AccessViolation));
+        assert_eq!(rel(b"a/../../b"), Err(PathRefusal::AccessViolation));
+        assert_eq!(rel(b"a\\..\\b"), Err(PathRefusal::AccessViolation));
+        assert_eq!(rel(b"a\nb"), Err(PathRefusal::AccessViolation));
+        assert_eq!(rel(b"/"), Err(PathRefusal::AccessViolation));
+        assert_eq!(
+            rel(&[b'a'; FILENAME_BYTES_MAX + 1]),
+            Err(PathRefusal::AccessViolation)
+        );
+    }
+}

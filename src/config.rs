@@ -1,0 +1,134 @@
+//! Command line and the limits it sets. Every limit has a name, a default,
+//! and (where an operator needs one) a flag.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::proto::options::NegotiationLimits;
+use crate::proto::server::ServerConfig;
+use crate::proto::transfer::TimerConfig;
+use crate::proto::wire::{BLKSIZE_MAX, BLKSIZE_MIN};
+
+pub const TFTP_PORT: u16 = 69;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "uftpd",
+    version,
+    about = "TFTP server for PXE/netboot farms, on per-core io_uring shards",
+    after_help = "Serves files under ROOT only. See tuning.md for cores, memlock, io_uring and MTU."
+)]
+pub struct Args {
+    /// Directory to serve; nothing outside it is ever read or written.
+    pub root: PathBuf,
+
+    /// Shards (pinned threads, one io_uring each) [default: online CPUs].
+    /// More shards than CPUs run pinned round-robin, with a warning.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub cores: Option<u16>,
+
+    /// Address to serve on; repeat for several. Port 0 picks a free port.
+    /// [default: 0.0.0.0:69 and [::]:69]
+    #[arg(long = "listen", value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Allow WRQ uploads (create or replace files). Without it every WRQ
+    /// gets ERROR 2.
+    #[arg(long)]
+    pub create: bool,
+
+    /// Largest blksize granted (RFC 2348); keep it under the path MTU minus
+    /// 32 (IPv4) / 52 (IPv6) for ROMs that cannot reassemble fragments.
+    #[arg(long, default_value_t = BLKSIZE_MAX, value_parser = clap::value_parser!(u16).range(i64::from(BLKSIZE_MIN)..=i64::from(BLKSIZE_MAX)))]
+    pub blksize_max: u16,
+
+    /// Largest windowsize granted (RFC 7440).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub windowsize_max: u16,
+
+    /// First retransmit timeout in milliseconds; doubles on each retry
+    /// (a client's `timeout` option replaces it, without doubling).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=255_000))]
+    pub retransmit_ms: u64,
+
+    /// Retransmits in a row before a transfer is abandoned. A peer that has
+    /// never answered gets its first reply resent only once.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub retries: u32,
+
+    /// Concurrent transfers, all shards together.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_sessions: u32,
+
+    /// Concurrent transfers from one client address, per shard.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_client: u32,
+
+    /// Largest upload accepted, in bytes (a bigger tsize gets ERROR 3).
+    #[arg(long, default_value_t = 4 << 30)]
+    pub max_upload_bytes: u64,
+
+    /// Largest file served in netascii mode, in bytes (it is converted in memory).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_netascii_bytes: u64,
+
+    /// How long a finished upload keeps re-ACKing a repeated last block, in
+    /// milliseconds (longer than clients' retransmit timeouts).
+    #[arg(long, default_value_t = 10_000)]
+    pub dally_ms: u64,
+
+    /// On SIGINT/SIGTERM, how long running transfers may finish, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub grace_ms: u64,
+
+    /// Log each transfer (-v) and each refusal (-vv) to stderr.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Sizes that are fixed at compile time, named.
+pub mod sizes {
+    /// Send operations in flight per shard.
+    pub const SEND_SLOTS_PER_SHARD: usize = 1024;
+    /// Provided receive buffers for ACKs and requests, per shard.
+    pub const SMALL_BUFFERS: u16 = 2048;
+    pub const SMALL_BUFFER_BYTES: usize = 2048;
+    /// Provided receive buffers big enough for any DATA (uploads), per shard.
+    pub const LARGE_BUFFERS: u16 = 64;
+    /// Mapped files kept in the shared cache.
+    pub const CACHE_ENTRIES_MAX: usize = 4096;
+    /// Completions handled per loop turn before timers are looked at.
+    pub const COMPLETIONS_PER_TURN: usize = 512;
+}
+
+impl Args {
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        if self.listen.is_empty() {
+            vec![
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, TFTP_PORT)),
+            ]
+        } else {
+            self.listen.clone()
+        }
+    }
+
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            negotiation: NegotiationLimits {
+                blksize_max: self.blksize_max,
+                windowsize_max: self.windowsize_max,
+                upload_bytes_max: self.max_upload_bytes,
+            },
+            timer: TimerConfig {
+                retransmit_ms: self.retransmit_ms,
+                retries_max: self.retries,
+                backoff: true,
+                unverified_resends_max: Some(1),
+            },
+            dally_ms: self.dally_ms,
+        }
+    }
+}

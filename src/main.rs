@@ -1,0 +1,187 @@
+//! `uftpd [OPTIONS] ROOT`: checks the configuration, binds the service
+//! sockets, starts one pinned shard per core, and waits for a signal.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+
+use clap::Parser;
+
+use uftpd::cache::{FileCache, Root};
+use uftpd::config::{Args, sizes};
+use uftpd::shard::{self, Shard, ShardSetup, net};
+use uftpd::stats::ShardCounters;
+
+static SHUTDOWN: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    SHUTDOWN.store(true, Ordering::Relaxed);
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("uftpd: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let root = Root::open(&args.root).map_err(|e| format!("root {}: {e}", args.root.display()))?;
+    // Fail early, on the main thread, with the reason io_uring is missing.
+    io_uring::IoUring::new(8).map_err(|e| shard::describe_ring_error(&e))?;
+
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = args.cores.map_or(online, usize::from);
+    if shards > online {
+        eprintln!(
+            "uftpd: warning: {shards} shards on {online} CPUs; shards share CPUs round-robin"
+        );
+    }
+
+    let sockets = bind_all(&args.listen_addrs(), shards)?;
+    let per_shard_sessions = (args.max_sessions as usize).div_ceil(shards);
+    let cache = Arc::new(FileCache::new(sizes::CACHE_ENTRIES_MAX));
+    let root = Arc::new(root);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::with_capacity(shards);
+    let mut bound: Vec<SocketAddr> = Vec::new();
+    for (index, service_sockets) in sockets.into_iter().enumerate() {
+        if index == 0 {
+            bound = service_sockets.iter().map(|(_, a)| *a).collect();
+        }
+        let setup = ShardSetup {
+            index,
+            service_sockets,
+            root: Arc::clone(&root),
+            cache: Arc::clone(&cache),
+            counters: Arc::new(ShardCounters::default()),
+            shutdown: Arc::clone(&shutdown),
+            server: args.server_config(),
+            sessions_max: per_shard_sessions,
+            sessions_per_client_max: args.max_sessions_per_client,
+            allow_create: args.create,
+            netascii_bytes_max: args.max_netascii_bytes,
+            grace_ms: args.grace_ms,
+            verbose: args.verbose,
+        };
+        let core = cpus.get(index % cpus.len().max(1)).copied();
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("uftpd-shard-{index}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                match Shard::new(setup) {
+                    Ok(shard) => {
+                        let _ = ready.send(Ok(()));
+                        shard.run().map_err(|e| format!("shard {index}: {e}"))
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        let _ = ready.send(Err(message.clone()));
+                        Err(message)
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start shard thread: {e}"))?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                shutdown.store(true, Ordering::Relaxed);
+                return Err(message);
+            }
+            Err(_) => return Err("a shard failed to start".into()),
+        }
+    }
+    install_signal_handlers();
+    for addr in &bound {
+        eprintln!("uftpd: listening on {addr}");
+    }
+    eprintln!(
+        "uftpd: serving {} with {shards} shards",
+        args.root.display()
+    );
+
+    // Wait for SIGINT/SIGTERM, then tell the shards.
+    while !SHUTDOWN.load(Ordering::Relaxed) {
+        if threads.iter().any(|t| t.is_finished()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    shutdown.store(true, Ordering::Relaxed);
+    let mut result = Ok(());
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err("a shard panicked".into()),
+        }
+    }
+    result
+}
+
+/// One SO_REUSEPORT socket per shard per address. Port 0 is resolved once
+/// so every shard shares the same ephemeral port.
+fn bind_all(
+    addrs: &[SocketAddr],
+    shards: usize,
+) -> Result<Vec<Vec<(OwnedFd, SocketAddr)>>, String> {
+    let explicit = addrs.len() == 1 || !addrs.iter().all(|a| a.ip().is_unspecified());
+    let mut per_shard: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..shards).map(|_| Vec::new()).collect();
+    for &addr in addrs {
+        if let Err(e) = net::probe_exclusive(addr) {
+            // The default dual-stack listen tolerates a host without IPv6.
+            if !explicit && addr.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+                eprintln!("uftpd: warning: IPv6 unavailable, serving IPv4 only");
+                continue;
+            }
+            return Err(bind_error(addr, &e));
+        }
+        let mut actual = addr;
+        for sockets in per_shard.iter_mut() {
+            let fd = net::service_socket(actual).map_err(|e| bind_error(actual, &e))?;
+            actual = net::local_addr(&fd).map_err(|e| bind_error(actual, &e))?;
+            sockets.push((fd, actual));
+        }
+    }
+    if per_shard.first().is_none_or(|s| s.is_empty()) {
+        return Err("no address to listen on".into());
+    }
+    Ok(per_shard)
+}
+
+fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => {
+            format!("cannot listen on {addr}: port in use by another program")
+        }
+        Some(libc::EACCES) => format!(
+            "cannot listen on {addr}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        ),
+        Some(libc::EADDRNOTAVAIL) => format!("cannot listen on {addr}: no such local address"),
+        _ => format!("cannot listen on {addr}: {e}"),
+    }
+}
+
+fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}

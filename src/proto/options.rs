@@ -1,0 +1,243 @@
+//! Option negotiation (RFC 2347 framework; 2348 blksize; 2349 timeout and
+//! tsize; 7440 windowsize): what the server accepts and echoes in its OACK.
+
+use super::wire::{
+    BLKSIZE_DEFAULT, BLKSIZE_MAX, BLKSIZE_MIN, ErrorCode, OptionIter, OptionValues, Request,
+    RequestKind,
+};
+
+/// Requests rarely carry more than five options; the rest are ignored so a
+/// crafted request cannot make us walk an unbounded list.
+pub const OPTIONS_PARSED_MAX: usize = 16;
+
+/// The operator's caps that negotiation applies.
+#[derive(Clone, Copy, Debug)]
+pub struct NegotiationLimits {
+    pub blksize_max: u16,
+    pub windowsize_max: u16,
+    pub upload_bytes_max: u64,
+}
+
+/// The parameters a transfer runs with, and the OACK that announces them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    pub blksize: u16,
+    pub windowsize: u16,
+    /// The peer's requested retransmit timeout, echoed exactly (RFC 2349).
+    pub timeout_s: Option<u8>,
+    /// Options to echo. Empty means: no OACK, reply with DATA 1 or ACK 0.
+    pub oack: OptionValues,
+}
+
+impl Negotiated {
+    pub const DEFAULT: Negotiated = Negotiated {
+        blksize: BLKSIZE_DEFAULT,
+        windowsize: 1,
+        timeout_s: None,
+        oack: OptionValues {
+            blksize: None,
+            timeout_s: None,
+            tsize_bytes: None,
+            windowsize: None,
+        },
+    };
+}
+
+/// Why a request's options made us refuse it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: &'static str,
+}
+
+/// Decimal digits only, no sign, no overflow.
+pub fn parse_decimal(raw: &[u8]) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 20 {
+        return None;
+    }
+    raw.iter().try_fold(0u64, |acc, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
+}
+
+/// Decides the transfer parameters for `request`.
+///
+/// `read_size_bytes` is the size to announce for an RRQ `tsize`, or `None`
+/// when it is not known up front (netascii): then `tsize` is left out.
+pub fn negotiate(
+    request: &Request<'_>,
+    read_size_bytes: Option<u64>,
+    limits: &NegotiationLimits,
+) -> Result<Negotiated, Refusal> {
+    debug_assert!(limits.blksize_max >= BLKSIZE_MIN && limits.windowsize_max >= 1);
+    let mut out = Negotiated::DEFAULT;
+    for (name, value) in OptionIter::new(request.options).take(OPTIONS_PARSED_MAX) {
+        let number = parse_decimal(value);
+        if name.eq_ignore_ascii_case(b"blksize") && out.oack.blksize.is_none() {
+            // Text is ignored (as tftpd-hpa does); a number below 8 is refused.
+            let Some(v) = number else { continue };
+            if v < u64::from(BLKSIZE_MIN) {
+                return Err(Refusal {
+                    code: ErrorCode::OptionRefused,
+                    message: "blksize below 8",
+                });
+            }
+            let v = v
+                .min(u64::from(BLKSIZE_MAX))
+                .min(u64::from(limits.blksize_max)) as u16;
+            out.blksize = v;
+            out.oack.blksize = Some(v);
+        } else if name.eq_ignore_ascii_case(b"timeout") && out.oack.timeout_s.is_none() {
+            // Must be echoed unchanged, so out-of-range values are ignored.
+            if let Some(v @ 1..=255) = number {
+                out.timeout_s = Some(v as u8);
+                out.oack.timeout_s = Some(v as u8);
+            }
+        } else if name.eq_ignore_ascii_case(b"tsize") && out.oack.tsize_bytes.is_none() {
+            let Some(v) = number else { continue };
+            match request.kind {
+                RequestKind::Read => out.oack.tsize_bytes = read_size_bytes,
+                RequestKind::Write if v > limits.upload_bytes_max => {
+                    return Err(Refusal {
+                        code: ErrorCode::DiskFull,
+                        message: "File larger than the upload limit",
+                    });
+                }
+                RequestKind::Write => out.oack.tsize_bytes = Some(v),
+            }
+        } else if name.eq_ignore_ascii_case(b"windowsize") && out.oack.windowsize.is_none() {
+            if let Some(v @ 1..=65535) = number {
+                let v = v.min(u64::from(limits.windowsize_max)) as u16;
+                out.windowsize = v;
+                out.oack.windowsize = Some(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wire::Mode;
+
+    const LIMITS: NegotiationLimits = NegotiationLimits {
+        blksize_max: BLKSIZE_MAX,
+        windowsize_max: 64,
+        upload_bytes_max: 1 << 30,
+    };
+
+    fn req(kind: RequestKind, options: &[u8]) -> Request<'_> {
+        Request {
+            kind,
+            filename: b"f",
+            mode: Mode::Octet,
+            options,
+        }
+    }
+
+    #[test]
+    fn decimal_parsing() {
+        assert_eq!(parse_decimal(b"0"), Some(0));
+        assert_eq!(parse_decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal(b"18446744073709551616"), None);
+        assert_eq!(parse_decimal(b"-1"), None);
+        assert_eq!(parse_decimal(b"abc"), None);
+        assert_eq!(parse_decimal(b""), None);
+        assert_eq!(parse_decimal(b" 1"), None);
+    }
+
+    #[test]
+    fn rfc2347_example_rrq() {
+        let r = req(RequestKind::Read, b"blksize\x001432\x00tsize\x000\x00");
+        let n = negotiate(&r, Some(2_000_000), &LIMITS).unwrap();
+        assert_eq!(n.blksize, 1432);
+        assert_eq!(n.oack.blksize, Some(1432));
+        assert_eq!(n.oack.tsize_bytes, Some(2_000_000));
+        assert_eq!(n.windowsize, 1);
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_unknown_options_ignored() {
+        let r = req(
+            RequestKind::Read,
+            b"BlkSize\x001024\x00msftwindow\x0031416\x00WINDOWSIZE\x004\x00",
+        );
+        let n = negotiate(&r, Some(1), &LIMITS).unwrap();
+        assert_eq!(n.oack.blksize, Some(1024));
+        assert_eq!(n.oack.windowsize, Some(4));
+        assert_eq!(n.oack.tsize_bytes, None);
+    }
+
+    #[test]
+    fn blksize_rules() {
+        let cap = |opts: &[u8]| negotiate(&req(RequestKind::Read, opts), Some(0), &LIMITS);
+        assert_eq!(cap(b"blksize\x0070000\x00").unwrap().blksize, 65464);
+        assert_eq!(cap(b"blksize\x008\x00").unwrap().blksize, 8);
+        assert_eq!(
+            cap(b"blksize\x007\x00").unwrap_err().code,
+            ErrorCode::OptionRefused
+        );
+        assert_eq!(
+            cap(b"blksize\x000\x00").unwrap_err().code,
+            ErrorCode::OptionRefused
+        );
+        assert_eq!(cap(b"blksize\x00abc\x00").unwrap(), Negotiated::DEFAULT);
+        assert_eq!(cap(b"blksize\x00-1\x00").unwrap(), Negotiated::DEFAULT);
+        let low = NegotiationLimits {
+            blksize_max: 1468,
+            ..LIMITS
+        };
+        let n = negotiate(&req(RequestKind::Read, b"blksize\x0065464\x00"), None, &low).unwrap();
+        assert_eq!(n.oack.blksize, Some(1468));
+    }
+
+    #[test]
+    fn timeout_is_echoed_exactly_or_ignored() {
+        let t = |opts: &[u8]| negotiate(&req(RequestKind::Read, opts), None, &LIMITS).unwrap();
+        assert_eq!(t(b"timeout\x001\x00").oack.timeout_s, Some(1));
+        assert_eq!(t(b"timeout\x00255\x00").oack.timeout_s, Some(255));
+        assert_eq!(t(b"timeout\x000\x00"), Negotiated::DEFAULT);
+        assert_eq!(t(b"timeout\x00256\x00"), Negotiated::DEFAULT);
+    }
+
+    #[test]
+    fn tsize_rules() {
+        let big = 5_000_000_000u64; // over 32 bits
+        let r = req(RequestKind::Read, b"tsize\x000\x00");
+        assert_eq!(
+            negotiate(&r, Some(big), &LIMITS).unwrap().oack.tsize_bytes,
+            Some(big)
+        );
+        // netascii: size unknown, the option is left out.
+        assert_eq!(negotiate(&r, None, &LIMITS).unwrap(), Negotiated::DEFAULT);
+        let w = req(RequestKind::Write, b"tsize\x001000\x00");
+        assert_eq!(
+            negotiate(&w, None, &LIMITS).unwrap().oack.tsize_bytes,
+            Some(1000)
+        );
+        let w = req(RequestKind::Write, b"tsize\x002000000000\x00");
+        assert_eq!(
+            negotiate(&w, None, &LIMITS).unwrap_err().code,
+            ErrorCode::DiskFull
+        );
+    }
+
+    #[test]
+    fn windowsize_rules() {
+        let w = |opts: &[u8]| negotiate(&req(RequestKind::Read, opts), None, &LIMITS).unwrap();
+        assert_eq!(w(b"windowsize\x008\x00").windowsize, 8);
+        assert_eq!(w(b"windowsize\x0065535\x00").oack.windowsize, Some(64));
+        assert_eq!(w(b"windowsize\x000\x00"), Negotiated::DEFAULT);
+        assert_eq!(w(b"windowsize\x0065536\x00"), Negotiated::DEFAULT);
+    }
+
+    #[test]
+    fn first_occurrence_wins() {
+        let r = req(RequestKind::Read, b"blksize\x001024\x00blksize\x00512\x00");
+        assert_eq!(negotiate(&r, None, &LIMITS).unwrap().blksize, 1024);
+    }
+}

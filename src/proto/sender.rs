@@ -1,0 +1,243 @@
+//! The sending side of a transfer (server RRQ, client WRQ): sliding windows
+//! (RFC 7440) over a byte source of known size, driven by ACKs and timeouts.
+//!
+//! Retransmission happens only on timeout, from the first unacknowledged
+//! block; a duplicate ACK is counted and ignored (RFC 1123 4.2.3.1, no
+//! Sorcerer's Apprentice).
+
+use std::time::Instant;
+
+use super::block;
+use super::transfer::{Outcome, RetransmitTimer, TimerConfig, TimerVerdict, Transmit};
+use super::wire::ErrorCode;
+
+/// The control packet that opens the transfer and is resent until the peer's
+/// ACK 0 arrives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// Server: our OACK, waiting for ACK 0.
+    Oack,
+    /// Client: our WRQ, waiting for ACK 0 (or an OACK the caller unpacks).
+    Request,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SenderCounters {
+    pub blocks_sent: u64,
+    pub blocks_resent: u64,
+    pub duplicate_acks: u64,
+    pub invalid_acks: u64,
+}
+
+#[derive(Debug)]
+pub struct Sender {
+    blksize: u16,
+    windowsize: u16,
+    size_bytes: u64,
+    last: u64,
+    handshake: Option<Handshake>,
+    /// Highest block index the peer acknowledged (0: none yet).
+    acked: u64,
+    /// Highest block index ever sent.
+    sent_max: u64,
+    /// The peer has answered at least once, so it is not a spoofed address.
+    verified: bool,
+    timer: RetransmitTimer,
+    pending: Option<Transmit>,
+    outcome: Option<Outcome>,
+    counters: SenderCounters,
+}
+
+impl Sender {
+    /// A sender of `size_bytes`; the first transmit is the handshake, or
+    /// window 1 if there is none (a server RRQ without options).
+    pub fn new(
+        blksize: u16,
+        windowsize: u16,
+        size_bytes: u64,
+        handshake: Option<Handshake>,
+        timer: TimerConfig,
+        now: Instant,
+    ) -> Sender {
+        assert!(blksize >= 1 && windowsize >= 1);
+        let mut s = Sender {
+            blksize,
+            windowsize,
+            size_bytes,
+            last: block::last_index(size_bytes, blksize),
+            handshake,
+            acked: 0,
+            sent_max: 0,
+            verified: false,
+            timer: RetransmitTimer::new(timer),
+            pending: None,
+            outcome: None,
+            counters: SenderCounters::default(),
+        };
+        match handshake {
+            Some(Handshake::Oack) => s.pending = Some(Transmit::Oack),
+            Some(Handshake::Request) => s.pending = Some(Transmit::Request),
+            None => s.queue_window(),
+        }
+        s.timer.arm(now);
+        s
+    }
+
+    /// The client's WRQ was answered by an OACK: adopt its parameters and
+    /// treat it as ACK 0.
+    pub fn accept_oack(&mut self, blksize: u16, windowsize: u16, now: Instant) {
+        if self.handshake != Some(Handshake::Request) || blksize == 0 || windowsize == 0 {
+            return;
+        }
+        self.blksize = blksize;
+        self.windowsize = windowsize;
+        self.last = block::last_index(self.size_bytes, blksize);
+        self.handle_ack(0, now);
+    }
+
+    pub fn handle_ack(&mut self, wire_block: u16, now: Instant) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if self.handshake.is_some() {
+            if wire_block == 0 {
+                self.handshake = None;
+                self.verified = true;
+                self.timer.progress(now);
+                self.queue_window();
+            } else {
+                self.counters.invalid_acks += 1;
+            }
+            return;
+        }
+        let index = block::unwrap(wire_block, self.acked);
+        if index > self.acked && index <= self.sent_max {
+            self.acked = index;
+            self.verified = true;
+            if index == self.last {
+                self.timer.stop();
+                self.outcome = Some(Outcome::Complete);
+                self.pending = None;
+                return;
+            }
+            self.timer.progress(now);
+            self.queue_window();
+        } else if index <= self.acked {
+            // Never answer a duplicate ACK with data: only a timeout resends.
+            self.counters.duplicate_acks += 1;
+        } else {
+            self.counters.invalid_acks += 1;
+        }
+    }
+
+    pub fn handle_error(&mut self, code: u16) {
+        if self.outcome.is_none() {
+            self.outcome = Some(Outcome::PeerError(code));
+            self.pending = None;
+            self.timer.stop();
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.outcome.is_some() {
+            return;
+        }
+        match self.timer.on_timeout(now, self.verified) {
+            TimerVerdict::NotDue => {}
+            TimerVerdict::Resend => self.queue_resend(),
+            TimerVerdict::GiveUpUnverified => self.finish(Outcome::NoResponse),
+            TimerVerdict::GiveUp => {
+                // Everything but the last window acknowledged and the last
+                // block sent: only the final ACK is missing.
+                let last_window_sent = self.sent_max == self.last
+                    && self.acked + u64::from(self.windowsize) >= self.last;
+                self.finish(if self.handshake.is_none() && last_window_sent {
+                    Outcome::CompleteUnconfirmed
+                } else {
+                    Outcome::TimedOut
+                });
+            }
+        }
+    }
+
+    /// A duplicate of the request that opened this transfer: answer it with
+    /// the first reply again while the peer has not answered (one reply per
+    /// request, so no amplification), ignore it afterwards.
+    pub fn handle_duplicate_request(&mut self) {
+        if self.outcome.is_none() && !self.verified && self.pending.is_none() {
+            self.queue_resend();
+        }
+    }
+
+    /// Ends the transfer with an ERROR of ours (e.g. the file went away).
+    pub fn abort(&mut self, code: ErrorCode, message: &'static str) {
+        if self.outcome.is_none() {
+            self.pending = Some(Transmit::Error { code, message });
+            self.outcome = Some(Outcome::Aborted(code));
+            self.timer.stop();
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.pending.take()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.outcome.is_some() {
+            None
+        } else {
+            self.timer.deadline()
+        }
+    }
+
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+    }
+
+    pub fn blksize(&self) -> u16 {
+        self.blksize
+    }
+
+    pub fn windowsize(&self) -> u16 {
+        self.windowsize
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub fn is_verified(&self) -> bool {
+        self.verified
+    }
+
+    pub fn counters(&self) -> SenderCounters {
+        self.counters
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.outcome = Some(outcome);
+        self.pending = None;
+        self.timer.stop();
+    }
+
+    fn queue_resend(&mut self) {
+        match self.handshake {
+            Some(Handshake::Oack) => self.pending = Some(Transmit::Oack),
+            Some(Handshake::Request) => self.pending = Some(Transmit::Request),
+            None => self.queue_window(),
+        }
+    }
+
+    /// The window after the last acknowledged block.
+    fn queue_window(&mut self) {
+        debug_assert!(self.acked < self.last);
+        let first = self.acked + 1;
+        let count = (self.last - self.acked).min(u64::from(self.windowsize)) as u16;
+        let end = first + u64::from(count) - 1;
+        let fresh = end.saturating_sub(self.sent_max);
+        self.counters.blocks_sent += u64::from(count);
+        self.counters.blocks_resent += u64::from(count) - fresh.min(u64::from(count));
+        self.sent_max = self.sent_max.max(end);
+        self.pending = Some(Transmit::Data { first, count });
+    }
+}

@@ -1,0 +1,228 @@
+//! What the sender and receiver state machines share: the transmit and
+//! outcome vocabulary, and the retransmission timer.
+
+use std::time::{Duration, Instant};
+
+use super::wire::ErrorCode;
+
+/// A packet a state machine wants sent. Data is described, not copied: the
+/// I/O layer slices the blocks straight out of the mapped file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// The client's RRQ/WRQ.
+    Request,
+    /// The server's OACK.
+    Oack,
+    Ack {
+        block: u16,
+    },
+    /// Blocks `first ..= first + count - 1` (64-bit indices), in order.
+    Data {
+        first: u64,
+        count: u16,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'static str,
+    },
+}
+
+/// How a transfer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every block was delivered and acknowledged.
+    Complete,
+    /// Every block was sent, the final ACK never came: not an error (RFC 1350).
+    CompleteUnconfirmed,
+    /// The peer sent ERROR with this code.
+    PeerError(u16),
+    /// The peer stopped answering within the retry budget.
+    TimedOut,
+    /// The peer never answered our first reply, which we resent only once:
+    /// a spoofed request must not make us a reflector.
+    NoResponse,
+    /// We ended the transfer with an ERROR of our own.
+    Aborted(ErrorCode),
+}
+
+impl Outcome {
+    pub fn is_success(self) -> bool {
+        matches!(self, Outcome::Complete | Outcome::CompleteUnconfirmed)
+    }
+}
+
+/// Retransmission policy of one transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerConfig {
+    pub retransmit_ms: u64,
+    /// Timeouts in a row before the transfer is given up.
+    pub retries_max: u32,
+    /// Double the timeout after each retransmit (off when the peer asked for
+    /// a fixed `timeout` option).
+    pub backoff: bool,
+    /// How many times the first reply is resent to a peer that has not yet
+    /// answered at all; `None` for the full budget (the client side).
+    pub unverified_resends_max: Option<u32>,
+}
+
+/// Backoff stops doubling here (but never below the base timeout).
+pub const RETRANSMIT_CEILING_MS: u64 = 32_000;
+
+impl TimerConfig {
+    /// Applies a negotiated RFC 2349 `timeout`: that many seconds, no backoff.
+    pub fn with_peer_timeout(self, timeout_s: Option<u8>) -> TimerConfig {
+        match timeout_s {
+            Some(s) => TimerConfig {
+                retransmit_ms: u64::from(s) * 1000,
+                backoff: false,
+                ..self
+            },
+            None => self,
+        }
+    }
+}
+
+/// One retransmission timer with backoff and a retry cap.
+#[derive(Clone, Debug)]
+pub struct RetransmitTimer {
+    config: TimerConfig,
+    rto_ms: u64,
+    retries: u32,
+    unverified_resends: u32,
+    deadline: Option<Instant>,
+}
+
+/// What a due timer asks of its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerVerdict {
+    NotDue,
+    Resend,
+    GiveUp,
+    /// The peer never answered and its one resend is spent.
+    GiveUpUnverified,
+}
+
+impl RetransmitTimer {
+    pub fn new(config: TimerConfig) -> Self {
+        debug_assert!(config.retransmit_ms > 0);
+        RetransmitTimer {
+            config,
+            rto_ms: config.retransmit_ms,
+            retries: 0,
+            unverified_resends: 0,
+            deadline: None,
+        }
+    }
+
+    pub fn arm(&mut self, now: Instant) {
+        self.deadline = Some(now + Duration::from_millis(self.rto_ms));
+    }
+
+    pub fn arm_for(&mut self, now: Instant, ms: u64) {
+        self.deadline = Some(now + Duration::from_millis(ms));
+    }
+
+    /// The peer made progress: a fresh budget and the base timeout.
+    pub fn progress(&mut self, now: Instant) {
+        self.retries = 0;
+        self.rto_ms = self.config.retransmit_ms;
+        self.arm(now);
+    }
+
+    pub fn stop(&mut self) {
+        self.deadline = None;
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub fn retransmit_ms(&self) -> u64 {
+        self.config.retransmit_ms
+    }
+
+    /// Call on `handle_timeout`; re-arms itself when it says `Resend`.
+    pub fn on_timeout(&mut self, now: Instant, peer_verified: bool) -> TimerVerdict {
+        match self.deadline {
+            Some(d) if now >= d => {}
+            _ => return TimerVerdict::NotDue,
+        }
+        if !peer_verified {
+            if let Some(max) = self.config.unverified_resends_max {
+                if self.unverified_resends >= max {
+                    self.deadline = None;
+                    return TimerVerdict::GiveUpUnverified;
+                }
+                self.unverified_resends += 1;
+            }
+        }
+        self.retries += 1;
+        if self.retries > self.config.retries_max {
+            self.deadline = None;
+            return TimerVerdict::GiveUp;
+        }
+        if self.config.backoff {
+            let ceiling = RETRANSMIT_CEILING_MS.max(self.config.retransmit_ms);
+            self.rto_ms = self.rto_ms.saturating_mul(2).min(ceiling);
+        }
+        self.arm(now);
+        TimerVerdict::Resend
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: TimerConfig = TimerConfig {
+        retransmit_ms: 1000,
+        retries_max: 5,
+        backoff: true,
+        unverified_resends_max: Some(1),
+    };
+
+    #[test]
+    fn tftpd_hpa_like_schedule_then_give_up() {
+        let t0 = Instant::now();
+        let mut t = RetransmitTimer::new(CFG);
+        t.arm(t0);
+        let mut now = t0;
+        let mut gaps = Vec::new();
+        loop {
+            let d = t.deadline().unwrap();
+            gaps.push((d - now).as_millis());
+            now = d;
+            match t.on_timeout(now, true) {
+                TimerVerdict::Resend => {}
+                TimerVerdict::GiveUp => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(gaps, vec![1000, 2000, 4000, 8000, 16000, 32000]);
+        assert_eq!(now - t0, Duration::from_secs(63));
+    }
+
+    #[test]
+    fn unverified_peer_gets_one_resend() {
+        let t0 = Instant::now();
+        let mut t = RetransmitTimer::new(CFG);
+        t.arm(t0);
+        assert_eq!(t.on_timeout(t0, false), TimerVerdict::NotDue);
+        let d = t.deadline().unwrap();
+        assert_eq!(t.on_timeout(d, false), TimerVerdict::Resend);
+        let d = t.deadline().unwrap();
+        assert_eq!(t.on_timeout(d, false), TimerVerdict::GiveUpUnverified);
+        assert_eq!(t.deadline(), None);
+    }
+
+    #[test]
+    fn peer_timeout_is_fixed() {
+        let cfg = CFG.with_peer_timeout(Some(3));
+        let t0 = Instant::now();
+        let mut t = RetransmitTimer::new(cfg);
+        t.arm(t0);
+        let d1 = t.deadline().unwrap();
+        t.on_timeout(d1, true);
+        assert_eq!(t.deadline().unwrap() - d1, Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,247 @@
+//! Sockets and socket addresses: service sockets (SO_REUSEPORT, packet
+//! info), per-transfer sockets, and the byte-level sockaddr / cmsg parsing
+//! that the ring's receive buffers need.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Receive buffer for sockets that take bursts of requests or ACKs.
+const RECV_BUFFER_BYTES: usize = 4 << 20;
+
+fn set_int_opt(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: a valid fd and a pointer to an int of the stated size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A service socket: one per shard per listen address, all in one
+/// SO_REUSEPORT group so the kernel spreads clients across shards.
+pub fn service_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        set_int_opt(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+    } else {
+        set_int_opt(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    }
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Fails with EADDRINUSE if another program holds `addr` (a SO_REUSEPORT
+/// bind alone would silently share the port with another uftpd).
+pub fn probe_exclusive(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())
+}
+
+pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    let socket = socket2::SockRef::from(fd);
+    socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
+}
+
+/// A transfer's own socket (its TID), bound to the local address the
+/// request came to, so every reply leaves from that address. Not
+/// connected: a packet from another port must reach us to get ERROR 5.
+pub fn transfer_socket(local: SocketAddr) -> io::Result<OwnedFd> {
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    if local.is_ipv6() {
+        socket.set_only_v6(true)?;
+    } else {
+        // Let large blocks fragment instead of setting DF (as dnsmasq does):
+        // some PXE ROMs choke on DF, and ICMP-based PMTU discovery does not
+        // help a protocol that resends on its own.
+        let _ = set_int_opt(
+            &socket,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        );
+    }
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER_BYTES / 4);
+    let mut bind_to = local;
+    bind_to.set_port(0);
+    socket.bind(&bind_to.into())?;
+    Ok(socket.into())
+}
+
+/// Parses a kernel `sockaddr_in`/`sockaddr_in6` from raw bytes.
+pub fn parse_sockaddr(raw: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes([*raw.first()?, *raw.get(1)?]);
+    let port = u16::from_be_bytes([*raw.get(2)?, *raw.get(3)?]);
+    match i32::from(family) {
+        libc::AF_INET => {
+            let ip: [u8; 4] = raw.get(4..8)?.try_into().ok()?;
+            Some(SocketAddr::from((Ipv4Addr::from(ip), port)))
+        }
+        libc::AF_INET6 => {
+            let flow = u32::from_be_bytes(raw.get(4..8)?.try_into().ok()?);
+            let ip: [u8; 16] = raw.get(8..24)?.try_into().ok()?;
+            let scope = u32::from_ne_bytes(raw.get(24..28)?.try_into().ok()?);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(ip),
+                port,
+                flow,
+                scope,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `addr` as a kernel sockaddr into `out`; returns its length.
+pub fn write_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    let sa = socket2::SockAddr::from(addr);
+    let len = sa.len();
+    // SAFETY: SockAddr holds at most a sockaddr_storage of `len` bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            sa.as_ptr().cast::<u8>(),
+            (out as *mut libc::sockaddr_storage).cast::<u8>(),
+            len as usize,
+        );
+    }
+    len
+}
+
+/// Bytes of control space for one IP_PKTINFO / IPV6_PKTINFO message.
+pub const PKTINFO_CONTROL_BYTES: usize = 64;
+const CMSG_HEADER_BYTES: usize = std::mem::size_of::<libc::cmsghdr>();
+
+/// The local (destination) address of a received datagram, from its
+/// IP_PKTINFO / IPV6_PKTINFO control message.
+pub fn parse_pktinfo(control: &[u8], port: u16) -> Option<SocketAddr> {
+    let mut rest = control;
+    while rest.len() >= CMSG_HEADER_BYTES {
+        let len = usize::from_ne_bytes(rest.get(0..8)?.try_into().ok()?);
+        let level = i32::from_ne_bytes(rest.get(8..12)?.try_into().ok()?);
+        let kind = i32::from_ne_bytes(rest.get(12..16)?.try_into().ok()?);
+        let data = rest.get(CMSG_HEADER_BYTES..len)?;
+        if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
+            // struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
+            let ip: [u8; 4] = data.get(4..8)?.try_into().ok()?;
+            return Some(SocketAddr::from((Ipv4Addr::from(ip), port)));
+        }
+        if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
+            // struct in6_pktinfo { in6_addr addr; unsigned ifindex; }
+            let ip: [u8; 16] = data.get(0..16)?.try_into().ok()?;
+            let ifindex = u32::from_ne_bytes(data.get(16..20)?.try_into().ok()?);
+            let ip = Ipv6Addr::from(ip);
+            let scope = if is_unicast_link_local(&ip) {
+                ifindex
+            } else {
+                0
+            };
+            return Some(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope)));
+        }
+        let step = len.checked_add(7)? & !7;
+        rest = rest.get(step.max(CMSG_HEADER_BYTES)..)?;
+    }
+    None
+}
+
+fn is_unicast_link_local(ip: &Ipv6Addr) -> bool {
+    (ip.segments()[0] & 0xffc0) == 0xfe80
+}
+
+/// Writes a control message that sets the source address of a send on a
+/// wildcard-bound socket; returns its length (0 if none is needed).
+pub fn write_pktinfo(local: IpAddr, out: &mut [u8; PKTINFO_CONTROL_BYTES]) -> usize {
+    out.fill(0);
+    match local {
+        IpAddr::V4(ip) if !ip.is_unspecified() => {
+            let data_len = std::mem::size_of::<libc::in_pktinfo>();
+            let len = CMSG_HEADER_BYTES + data_len;
+            out[0..8].copy_from_slice(&len.to_ne_bytes());
+            out[8..12].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
+            out[12..16].copy_from_slice(&libc::IP_PKTINFO.to_ne_bytes());
+            // ipi_spec_dst chooses the source address.
+            out[20..24].copy_from_slice(&ip.octets());
+            (len + 7) & !7
+        }
+        IpAddr::V6(ip) if !ip.is_unspecified() => {
+            let data_len = std::mem::size_of::<libc::in6_pktinfo>();
+            let len = CMSG_HEADER_BYTES + data_len;
+            out[0..8].copy_from_slice(&len.to_ne_bytes());
+            out[8..12].copy_from_slice(&libc::IPPROTO_IPV6.to_ne_bytes());
+            out[12..16].copy_from_slice(&libc::IPV6_PKTINFO.to_ne_bytes());
+            out[16..32].copy_from_slice(&ip.octets());
+            (len + 7) & !7
+        }
+        _ => 0,
+    }
+}
+
+/// Writes a UDP_SEGMENT (GSO) control message; returns its length.
+pub fn write_gso(segment_bytes: u16, out: &mut [u8; PKTINFO_CONTROL_BYTES]) -> usize {
+    out.fill(0);
+    let len = CMSG_HEADER_BYTES + std::mem::size_of::<u16>();
+    out[0..8].copy_from_slice(&len.to_ne_bytes());
+    out[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
+    out[12..16].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
+    out[16..18].copy_from_slice(&segment_bytes.to_ne_bytes());
+    (len + 7) & !7
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trip() {
+        for addr in ["127.0.0.1:69", "[::1]:6969", "[fe80::1%2]:1"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            // SAFETY: plain data.
+            let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let len = write_sockaddr(addr, &mut storage);
+            // SAFETY: reading the bytes we just wrote.
+            let raw = unsafe {
+                std::slice::from_raw_parts(
+                    (&storage as *const libc::sockaddr_storage).cast::<u8>(),
+                    len as usize,
+                )
+            };
+            assert_eq!(parse_sockaddr(raw), Some(addr));
+        }
+        assert_eq!(parse_sockaddr(&[2, 0, 0]), None);
+        assert_eq!(parse_sockaddr(&[]), None);
+    }
+
+    #[test]
+    fn pktinfo_round_trip_and_garbage() {
+        let mut buf = [0u8; PKTINFO_CONTROL_BYTES];
+        let n = write_pktinfo("::1".parse().unwrap(), &mut buf);
+        assert_eq!(
+            parse_pktinfo(&buf[..n], 69),
+            Some("[::1]:69".parse().unwrap())
+        );
+        assert_eq!(parse_pktinfo(&[0xff; 40], 69), None);
+        assert_eq!(parse_pktinfo(&[0; 40], 69), None);
+        assert_eq!(parse_pktinfo(&[], 69), None);
+    }
+}
