@@ -151,8 +151,16 @@ impl Receiver {
             }
             DataVerdict::Accept { index, last }
         } else {
+            // Any DATA on our TID proves the peer got our reply.
+            self.verified = true;
             if index <= self.received {
                 self.counters.duplicate_blocks += 1;
+                if index > self.last_ack {
+                    // Received since our last ACK, so no ACK of ours was lost:
+                    // a network duplicate. ACKing it would restart the
+                    // sender's window over blocks still in flight.
+                    return DataVerdict::Ignore;
+                }
             } else {
                 self.counters.out_of_order_blocks += 1;
             }

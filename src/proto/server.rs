@@ -172,6 +172,12 @@ impl ServerSession {
         }
     }
 
+    /// An upload whose data is all in and committed, now only dallying to
+    /// re-ACK a repeated last block: safe to end at shutdown.
+    pub fn is_dallying(&self) -> bool {
+        self.receiver().is_some_and(|r| r.is_complete()) && self.outcome().is_none()
+    }
+
     pub fn negotiated(&self) -> &Negotiated {
         &self.negotiated
     }

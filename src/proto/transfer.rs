@@ -51,6 +51,19 @@ impl Outcome {
     }
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Complete => f.write_str("complete"),
+            Outcome::CompleteUnconfirmed => f.write_str("complete (final ACK missing)"),
+            Outcome::PeerError(code) => write!(f, "ended by peer ERROR {code}"),
+            Outcome::TimedOut => f.write_str("failed: peer stopped answering"),
+            Outcome::NoResponse => f.write_str("failed: peer never answered"),
+            Outcome::Aborted(code) => write!(f, "aborted with ERROR {}", *code as u16),
+        }
+    }
+}
+
 /// Retransmission policy of one transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TimerConfig {

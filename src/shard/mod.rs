@@ -87,6 +87,8 @@ struct Slot {
     /// Ended: waiting for the receive to be cancelled before closing.
     closing: bool,
     gso: bool,
+    /// DATA may exceed a small receive buffer: receive from the large group.
+    large_buffers: bool,
     started: Instant,
     filename: Box<[u8]>,
 }
@@ -318,9 +320,11 @@ impl Shard {
             Some(Tag::ServiceRecv { socket }) => {
                 self.on_service_recv(socket as usize, result, flags, now)
             }
-            Some(Tag::TransferRecv { slot, generation }) => {
-                self.on_transfer_recv(slot, generation, result, flags, now)
-            }
+            Some(Tag::TransferRecv {
+                slot,
+                generation,
+                large,
+            }) => self.on_transfer_recv(slot, generation, large, result, flags, now),
             Some(Tag::Send { send_slot }) => self.on_send_done(send_slot, result),
             Some(Tag::Cancel) | None => {}
         }
@@ -365,13 +369,16 @@ impl Shard {
         let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
             return;
         };
-        let blksize = slot.session.negotiated().blksize;
-        let group = if RECV_OVERHEAD_BYTES + wire::HEADER_BYTES + usize::from(blksize)
-            <= self.small.buffer_bytes()
-        {
-            self.small.group()
-        } else {
+        let large = slot.large_buffers;
+        let group = if large {
             self.large.group()
+        } else {
+            self.small.group()
+        };
+        let tag = Tag::TransferRecv {
+            slot: slot_index,
+            generation: slot.generation,
+            large,
         };
         let sqe = opcode::RecvMsgMulti::new(
             types::Fd(slot.socket.as_raw_fd()),
@@ -379,13 +386,7 @@ impl Shard {
             group,
         )
         .build()
-        .user_data(
-            Tag::TransferRecv {
-                slot: slot_index,
-                generation: slot.generation,
-            }
-            .encode(),
-        );
+        .user_data(tag.encode());
         slot.recv_armed = true;
         self.push(sqe);
     }
@@ -580,6 +581,9 @@ impl Shard {
                 return;
             }
         };
+        let large_buffers =
+            RECV_OVERHEAD_BYTES + wire::HEADER_BYTES + usize::from(session.negotiated().blksize)
+                > sizes::SMALL_BUFFER_BYTES;
         let Some(slot_index) = self.free_slots.pop() else {
             return;
         };
@@ -598,6 +602,7 @@ impl Shard {
             recv_armed: false,
             closing: false,
             gso: true,
+            large_buffers,
             started: now,
             filename: request.filename.into(),
         });
@@ -685,23 +690,13 @@ impl Shard {
         &mut self,
         slot_index: u32,
         generation: u32,
+        large: bool,
         result: i32,
         flags: u32,
         now: Instant,
     ) {
         let more = cqueue::more(flags);
         let live = matches!(self.slots.get(slot_index as usize), Some(Some(s)) if s.generation == generation);
-        let large = live
-            && self
-                .slots
-                .get(slot_index as usize)
-                .and_then(|s| s.as_ref())
-                .is_some_and(|s| {
-                    RECV_OVERHEAD_BYTES
-                        + wire::HEADER_BYTES
-                        + usize::from(s.session.negotiated().blksize)
-                        > self.small.buffer_bytes()
-                });
         if result >= 0 && live {
             if let Some(bid) = cqueue::buffer_select(flags) {
                 self.on_transfer_datagram(slot_index, bid, large, result as usize, now);
@@ -1016,7 +1011,7 @@ impl Shard {
         }
         if verbose >= 1 {
             eprintln!(
-                "uftpd: {} {} {} {}: {:?} after {} ms",
+                "uftpd: {} {} {} {}: {} after {} ms",
                 match slot.session.kind() {
                     RequestKind::Read => "RRQ",
                     RequestKind::Write => "WRQ",
@@ -1028,13 +1023,17 @@ impl Shard {
                     "from"
                 },
                 slot.peer,
-                outcome,
+                outcome.map_or_else(
+                    || "replaced by a new request".to_string(),
+                    |o| o.to_string()
+                ),
                 slot.started.elapsed().as_millis()
             );
         }
         let peer = slot.peer;
         let recv_armed = slot.recv_armed;
         let generation = slot.generation;
+        let large = slot.large_buffers;
         if self.by_peer.get(&peer) == Some(&slot_index) {
             self.by_peer.remove(&peer);
         }
@@ -1049,6 +1048,7 @@ impl Shard {
             let target = Tag::TransferRecv {
                 slot: slot_index,
                 generation,
+                large,
             }
             .encode();
             let sqe = opcode::AsyncCancel::new(target)
@@ -1081,6 +1081,13 @@ impl Shard {
                     .build()
                     .user_data(Tag::Cancel.encode());
                 self.push(sqe);
+            }
+        }
+        // Finished uploads only dally; their files are already in place.
+        for index in 0..self.slots.len() as u32 {
+            if matches!(self.slots.get(index as usize), Some(Some(s)) if !s.closing && s.session.is_dallying())
+            {
+                self.end_session(index, Some(Outcome::Complete));
             }
         }
         let live = self.slots.iter().flatten().filter(|s| !s.closing).count();

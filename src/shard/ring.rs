@@ -121,21 +121,39 @@ impl Drop for BufferRing {
 /// What a completion belongs to, packed into `user_data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tag {
-    ServiceRecv { socket: u32 },
-    TransferRecv { slot: u32, generation: u32 },
-    Send { send_slot: u32 },
+    ServiceRecv {
+        socket: u32,
+    },
+    /// `large`: the receive draws from the large-buffer group.
+    TransferRecv {
+        slot: u32,
+        generation: u32,
+        large: bool,
+    },
+    Send {
+        send_slot: u32,
+    },
     Cancel,
 }
 
 const KIND_SHIFT: u32 = 56;
-const SLOT_MASK: u64 = 0x00ff_ffff;
+const LARGE_BIT: u64 = 1 << 55;
+const SLOT_MASK: u64 = 0x007f_ffff;
 
 impl Tag {
     pub fn encode(self) -> u64 {
         match self {
             Tag::ServiceRecv { socket } => (1 << KIND_SHIFT) | u64::from(socket),
-            Tag::TransferRecv { slot, generation } => {
-                (2 << KIND_SHIFT) | ((u64::from(slot) & SLOT_MASK) << 32) | u64::from(generation)
+            Tag::TransferRecv {
+                slot,
+                generation,
+                large,
+            } => {
+                debug_assert!(u64::from(slot) <= SLOT_MASK);
+                (2 << KIND_SHIFT)
+                    | if large { LARGE_BIT } else { 0 }
+                    | ((u64::from(slot) & SLOT_MASK) << 32)
+                    | u64::from(generation)
             }
             Tag::Send { send_slot } => (3 << KIND_SHIFT) | u64::from(send_slot),
             Tag::Cancel => 4 << KIND_SHIFT,
@@ -149,6 +167,7 @@ impl Tag {
             2 => Some(Tag::TransferRecv {
                 slot: ((raw >> 32) & SLOT_MASK) as u32,
                 generation: low,
+                large: raw & LARGE_BIT != 0,
             }),
             3 => Some(Tag::Send { send_slot: low }),
             4 => Some(Tag::Cancel),

@@ -1,0 +1,360 @@
+//! The server binary's own behaviour on loopback, driven by raw sockets:
+//! start-up errors, shutdown, retransmission limits, and file safety.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Packet, Server, TempDir, ack, client_socket, data, recv_packet, rrq, wrq};
+
+const SHORT: Duration = Duration::from_millis(1500);
+
+fn uftpd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_uftpd"))
+}
+
+/// Runs the binary expecting a start-up failure; returns its stderr.
+fn startup_failure(args: &[&str]) -> String {
+    let out = uftpd().args(args).output().expect("run uftpd");
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line expected, got: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn startup_errors_are_one_clear_line() {
+    let dir = TempDir::new("startup");
+    let missing = dir.join("missing");
+    let e = startup_failure(&["--listen", "127.0.0.1:0", missing.to_str().unwrap()]);
+    assert!(e.contains("root") && e.contains("No such file"), "{e}");
+
+    let file = dir.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let e = startup_failure(&["--listen", "127.0.0.1:0", file.to_str().unwrap()]);
+    assert!(e.contains("root") && e.contains("directory"), "{e}");
+
+    let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = holder.local_addr().unwrap().to_string();
+    let e = startup_failure(&["--listen", &taken, dir.path().to_str().unwrap()]);
+    assert!(e.contains("port in use"), "{e}");
+}
+
+#[test]
+fn help_documents_every_flag_with_its_default() {
+    let out = uftpd().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--cores",
+        "--listen",
+        "--create",
+        "--blksize-max",
+        "--windowsize-max",
+        "--retransmit-ms",
+        "--retries",
+        "--max-sessions",
+        "--max-sessions-per-client",
+        "--max-upload-bytes",
+        "--max-netascii-bytes",
+        "--dally-ms",
+        "--grace-ms",
+        "--verbose",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    for default in [
+        "[default: 65464]",
+        "[default: 64]",
+        "[default: 1000]",
+        "[default: 5]",
+        "[default: 4096]",
+    ] {
+        assert!(help.contains(default), "--help lacks {default}:\n{help}");
+    }
+}
+
+/// Reads DATA blocks in lock-step, ACKing each, until a short block.
+fn finish_rrq(sock: &UdpSocket, tid: std::net::SocketAddr, mut next: u16, out: &mut Vec<u8>) {
+    for _ in 0..100_000 {
+        let Some((p, from, _)) = recv_packet(sock, Duration::from_secs(3)) else {
+            panic!("transfer stalled at block {next}");
+        };
+        assert_eq!(from, tid);
+        let Packet::Data { block, data } = p else {
+            panic!("unexpected {p:?}")
+        };
+        if block != next {
+            continue;
+        }
+        out.extend_from_slice(&data);
+        sock.send_to(&ack(block), tid).unwrap();
+        if data.len() < 512 {
+            return;
+        }
+        next = next.wrapping_add(1);
+    }
+    panic!("too many blocks");
+}
+
+#[test]
+fn sigterm_lets_a_running_transfer_finish_then_exits_zero() {
+    let dir = TempDir::new("sigterm");
+    let want = common::write_random_file(&dir.join("f.bin"), 7, 100 * 512 + 3);
+    let mut server = Server::start(dir.path(), &["--grace-ms", "5000"]);
+    let sock = client_socket(server.addr());
+    sock.send_to(&rrq(b"f.bin", "octet", &[]), server.addr())
+        .unwrap();
+    let (p, tid, _) = recv_packet(&sock, SHORT).expect("DATA 1");
+    let Packet::Data { block: 1, data } = p else {
+        panic!("{p:?}")
+    };
+    let mut got = data;
+    server.sigterm();
+    std::thread::sleep(Duration::from_millis(200));
+    // New requests are no longer taken...
+    let other = client_socket(server.addr());
+    other
+        .send_to(&rrq(b"f.bin", "octet", &[]), server.addr())
+        .unwrap();
+    // ...but the running transfer completes.
+    sock.send_to(&ack(1), tid).unwrap();
+    finish_rrq(&sock, tid, 2, &mut got);
+    common::assert_same_bytes(&got, &want, "transfer across SIGTERM");
+    assert!(
+        recv_packet(&other, Duration::from_millis(100)).is_none(),
+        "served a request after SIGTERM"
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("server did not exit");
+    assert!(status.success(), "exit status {status:?}\n{}", server.log());
+}
+
+#[test]
+fn a_file_truncated_under_its_map_aborts_only_that_transfer() {
+    let dir = TempDir::new("truncate");
+    let path = dir.join("shrinks.bin");
+    common::write_random_file(&path, 1, 1 << 20);
+    let other = common::write_random_file(&dir.join("other.bin"), 2, 5000);
+    let mut server = Server::start(dir.path(), &[]);
+    let sock = client_socket(server.addr());
+    sock.send_to(&rrq(b"shrinks.bin", "octet", &[]), server.addr())
+        .unwrap();
+    let (_, tid, _) = recv_packet(&sock, SHORT).expect("DATA 1");
+    // Shrink the file in place while the transfer holds its map.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let mut ended_with = None;
+    for block in 1..=64u16 {
+        sock.send_to(&ack(block), tid).unwrap();
+        match recv_packet(&sock, SHORT) {
+            Some((Packet::Data { .. }, _, _)) => {}
+            Some((Packet::Error { code, msg }, _, _)) => {
+                ended_with = Some((code, msg));
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Blocks in the page that still holds EOF read as zeros; the first
+    // block past it faults in the kernel and ends the transfer.
+    let (code, msg) = ended_with.expect("no ERROR after truncation");
+    assert_eq!(code, 0, "{msg}");
+    assert!(server.is_running(), "server died:\n{}", server.log());
+    let fresh = client_socket(server.addr());
+    fresh
+        .send_to(&rrq(b"other.bin", "octet", &[]), server.addr())
+        .unwrap();
+    let (p, tid, _) = recv_packet(&fresh, SHORT).expect("DATA 1 of other.bin");
+    let Packet::Data { block: 1, data } = p else {
+        panic!("{p:?}")
+    };
+    let mut got = data;
+    fresh.send_to(&ack(1), tid).unwrap();
+    finish_rrq(&fresh, tid, 2, &mut got);
+    common::assert_same_bytes(&got, &other, "transfer after a truncation");
+}
+
+#[test]
+fn an_interrupted_upload_leaves_no_file_and_keeps_the_old_one() {
+    let dir = TempDir::new("interrupted");
+    std::fs::write(dir.join("keep.bin"), b"old contents").unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--create", "--retransmit-ms", "100", "--retries", "1"],
+    );
+    for name in ["new.bin", "keep.bin"] {
+        let sock = client_socket(server.addr());
+        sock.send_to(&wrq(name.as_bytes(), "octet", &[]), server.addr())
+            .unwrap();
+        let (p, tid, _) = recv_packet(&sock, SHORT).expect("ACK 0");
+        assert_eq!(p, Packet::Ack { block: 0 });
+        for block in 1..=3u16 {
+            sock.send_to(&data(block, &[0xab; 512]), tid).unwrap();
+            let (p, _, _) = recv_packet(&sock, SHORT).expect("ACK");
+            assert_eq!(p, Packet::Ack { block });
+        }
+        // Go silent: the server gives up after its retries.
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    common::assert_dir_exactly(dir.path(), &["keep.bin"]);
+    assert_eq!(
+        std::fs::read(dir.join("keep.bin")).unwrap(),
+        b"old contents"
+    );
+}
+
+#[test]
+fn uploads_are_refused_without_create() {
+    let dir = TempDir::new("nocreate");
+    let server = Server::start(dir.path(), &[]);
+    let sock = client_socket(server.addr());
+    sock.send_to(&wrq(b"x.bin", "octet", &[]), server.addr())
+        .unwrap();
+    let (p, _, _) = recv_packet(&sock, SHORT).expect("an answer");
+    assert!(matches!(p, Packet::Error { code: 2, .. }), "{p:?}");
+    common::assert_dir_exactly(dir.path(), &[]);
+}
+
+/// Counts the packets that arrive within `window`.
+fn count_arrivals(sock: &UdpSocket, window: Duration) -> Vec<Packet> {
+    let deadline = Instant::now() + window;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match recv_packet(sock, left) {
+            Some((p, _, _)) => seen.push(p),
+            None => break,
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_peer_that_never_answers_gets_its_first_reply_resent_once() {
+    let dir = TempDir::new("reflector");
+    common::write_random_file(&dir.join("f.bin"), 3, 10_000);
+    let server = Server::start(dir.path(), &["--retransmit-ms", "200", "--retries", "5"]);
+    for options in [&[][..], &[("blksize", "1428"), ("windowsize", "4")][..]] {
+        let sock = client_socket(server.addr());
+        sock.send_to(&rrq(b"f.bin", "octet", options), server.addr())
+            .unwrap();
+        let seen = count_arrivals(&sock, Duration::from_millis(2000));
+        assert_eq!(
+            seen.len(),
+            2,
+            "first reply + one resend expected, got {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn a_peer_that_acked_once_gets_the_full_retry_budget() {
+    let dir = TempDir::new("budget");
+    common::write_random_file(&dir.join("f.bin"), 4, 10_000);
+    let server = Server::start(dir.path(), &["--retransmit-ms", "100", "--retries", "3"]);
+    let sock = client_socket(server.addr());
+    sock.send_to(&rrq(b"f.bin", "octet", &[]), server.addr())
+        .unwrap();
+    let (_, tid, _) = recv_packet(&sock, SHORT).expect("DATA 1");
+    sock.send_to(&ack(1), tid).unwrap();
+    // 100 + 200 + 400 + 800 ms of backoff: DATA 2 once and 3 resends.
+    let seen = count_arrivals(&sock, Duration::from_millis(3000));
+    assert_eq!(
+        seen,
+        vec![
+            Packet::Data {
+                block: 2,
+                data: seen_data(&seen)
+            };
+            4
+        ]
+    );
+}
+
+fn seen_data(seen: &[Packet]) -> Vec<u8> {
+    match seen.first() {
+        Some(Packet::Data { data, .. }) => data.clone(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn a_repeated_request_is_answered_by_the_waiting_session() {
+    let dir = TempDir::new("duprrq");
+    let want = common::write_random_file(&dir.join("f.bin"), 5, 3000);
+    let server = Server::start(dir.path(), &["--retransmit-ms", "5000"]);
+    let sock = client_socket(server.addr());
+    let request = rrq(b"f.bin", "octet", &[]);
+    sock.send_to(&request, server.addr()).unwrap();
+    sock.send_to(&request, server.addr()).unwrap();
+    let (p1, tid1, _) = recv_packet(&sock, SHORT).expect("first DATA 1");
+    let (p2, tid2, _) = recv_packet(&sock, SHORT).expect("second DATA 1");
+    assert_eq!(tid1, tid2, "a second session answered the repeat");
+    assert_eq!(p1, p2);
+    let Packet::Data { data, .. } = p1 else {
+        panic!()
+    };
+    let mut got = data;
+    sock.send_to(&ack(1), tid1).unwrap();
+    finish_rrq(&sock, tid1, 2, &mut got);
+    common::assert_same_bytes(&got, &want, "after a repeated request");
+}
+
+#[test]
+fn duplicate_acks_never_draw_duplicate_data() {
+    let dir = TempDir::new("dupack");
+    let want = common::write_random_file(&dir.join("f.bin"), 6, 40 * 1024);
+    let server = Server::start(dir.path(), &["--retransmit-ms", "5000"]);
+    for window in ["1", "4"] {
+        let sock = client_socket(server.addr());
+        let options = [("windowsize", window)];
+        sock.send_to(&rrq(b"f.bin", "octet", &options), server.addr())
+            .unwrap();
+        let (p, tid, _) = recv_packet(&sock, SHORT).expect("OACK");
+        assert!(matches!(p, Packet::Oack { .. }), "{p:?}");
+        let w: u16 = window.parse().unwrap();
+        let mut got = Vec::new();
+        let mut sends = 0usize;
+        let mut acked = 0u16;
+        'transfer: for _ in 0..1000 {
+            // Every ACK three times: only the first may move the window.
+            for _ in 0..3 {
+                sock.send_to(&ack(acked), tid).unwrap();
+            }
+            for _ in 0..w {
+                let Some((Packet::Data { block, data }, _, _)) = recv_packet(&sock, SHORT) else {
+                    panic!("stalled after ACK {acked}");
+                };
+                sends += 1;
+                assert_eq!(block, acked + 1, "out-of-order or repeated DATA");
+                acked = block;
+                let last = data.len() < 512;
+                got.extend_from_slice(&data);
+                if last {
+                    sock.send_to(&ack(acked), tid).unwrap();
+                    break 'transfer;
+                }
+            }
+        }
+        assert!(
+            count_arrivals(&sock, Duration::from_millis(300)).is_empty(),
+            "extra DATA after the end"
+        );
+        assert_eq!(
+            sends,
+            want.len() / 512 + 1,
+            "window {window}: one DATA per block"
+        );
+        common::assert_same_bytes(&got, &want, "duplicate ACKs");
+    }
+}
