@@ -93,7 +93,7 @@ pub mod sizes {
     /// Send operations in flight per shard.
     pub const SEND_SLOTS_PER_SHARD: usize = 1024;
     /// Provided receive buffers for ACKs and requests, per shard.
-    pub const SMALL_BUFFERS: u16 = 2048;
+    pub const SMALL_BUFFERS: u16 = 1024;
     pub const SMALL_BUFFER_BYTES: usize = 2048;
     /// Provided receive buffers big enough for any DATA (uploads), per shard.
     pub const LARGE_BUFFERS: u16 = 64;

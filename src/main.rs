@@ -33,8 +33,6 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), String> {
     let root = Root::open(&args.root).map_err(|e| format!("root {}: {e}", args.root.display()))?;
-    // Fail early, on the main thread, with the reason io_uring is missing.
-    io_uring::IoUring::new(8).map_err(|e| shard::describe_ring_error(&e))?;
 
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -45,6 +43,9 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
 
+    let ring_sizes = shard::choose_ring_sizes(shards)?;
+    // Fail early, on the main thread, with the reason io_uring is missing.
+    drop(io_uring::IoUring::new(4).map_err(|e| shard::describe_ring_error(&e))?);
     let sockets = bind_all(&args.listen_addrs(), shards)?;
     let per_shard_sessions = (args.max_sessions as usize).div_ceil(shards);
     let cache = Arc::new(FileCache::new(sizes::CACHE_ENTRIES_MAX));
@@ -71,6 +72,7 @@ fn run(args: Args) -> Result<(), String> {
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,
             verbose: args.verbose,
+            ring_sizes,
         };
         let core = cpus.get(index % cpus.len().max(1)).copied();
         let ready = ready_tx.clone();

@@ -358,3 +358,88 @@ fn duplicate_acks_never_draw_duplicate_data() {
         common::assert_same_bytes(&got, &want, "duplicate ACKs");
     }
 }
+
+/// Runs uftpd as `nobody` with RLIMIT_MEMLOCK at `limit_kib`; returns
+/// (exit status or None if still running after the wait, stderr so far).
+fn run_as_nobody_with_memlock(
+    root: &std::path::Path,
+    limit_kib: u32,
+) -> (Option<std::process::ExitStatus>, String) {
+    let script = format!(
+        "ulimit -l {limit_kib} && exec {} --listen 127.0.0.1:0 --cores 2 {}",
+        env!("CARGO_BIN_EXE_uftpd"),
+        root.display()
+    );
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "bash",
+            "-c",
+            &script,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("setpriv");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut status = None;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (status, stderr)
+}
+
+#[test]
+fn a_low_memlock_limit_gets_reduced_rings_or_a_clear_message() {
+    // Root holds CAP_IPC_LOCK, which exempts io_uring from the limit: the
+    // check needs an unprivileged user (setpriv from util-linux).
+    // SAFETY: trivial libc call.
+    if unsafe { libc::geteuid() } != 0 || common::find_in_path("setpriv").is_none() {
+        eprintln!("SKIP: needs root and setpriv to run as an unprivileged user");
+        return;
+    }
+    let dir = TempDir::new("memlock");
+    // The binary and root must be reachable by `nobody`.
+    let mut reachable = std::path::PathBuf::from(env!("CARGO_BIN_EXE_uftpd"));
+    while reachable.pop() {
+        let Ok(meta) = std::fs::metadata(&reachable) else {
+            break;
+        };
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o005 != 0o005 {
+            eprintln!("SKIP: {} is not reachable by nobody", reachable.display());
+            return;
+        }
+    }
+    let (status, stderr) = run_as_nobody_with_memlock(dir.path(), 16);
+    let status = status.expect("should have exited");
+    assert!(!status.success());
+    assert!(
+        stderr.contains("RLIMIT_MEMLOCK is 16 KiB") && stderr.contains("ulimit -l"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let (status, stderr) = run_as_nobody_with_memlock(dir.path(), 64);
+    assert!(status.is_none(), "should keep running: {stderr}");
+    assert!(
+        stderr.contains("reduced batching") && stderr.contains("listening on"),
+        "{stderr}"
+    );
+}

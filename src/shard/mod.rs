@@ -49,6 +49,7 @@ pub struct ShardSetup {
     pub netascii_bytes_max: u64,
     pub grace_ms: u64,
     pub verbose: u8,
+    pub ring_sizes: RingSizes,
 }
 
 const GROUP_SMALL: u16 = 0;
@@ -59,7 +60,6 @@ const LARGE_BUFFER_BYTES: usize = RECV_OVERHEAD_BYTES + wire::DATAGRAM_BYTES_MAX
 const _: () = assert!(sizes::SMALL_BUFFER_BYTES > RECV_OVERHEAD_BYTES + 516);
 /// The loop wakes at least this often to notice a shutdown request.
 const IDLE_WAKE_MS: u64 = 100;
-const RING_ENTRIES: u32 = 1024;
 
 struct ServiceSocket {
     fd: OwnedFd,
@@ -176,7 +176,93 @@ fn memlock_limit() -> String {
     }
 }
 
-fn new_ring() -> io::Result<IoUring> {
+/// Ring and receive-buffer sizes. io_uring pins these pages and charges
+/// them to RLIMIT_MEMLOCK (unless CAP_IPC_LOCK): about 120 KiB per shard at
+/// full size, about 20 KiB reduced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingSizes {
+    sq_entries: u32,
+    small_buffers: u16,
+    large_buffers: u16,
+    /// Locked memory one shard needs at these sizes (measured, rounded up).
+    pub memlock_bytes: u64,
+}
+
+pub const RING_FULL: RingSizes = RingSizes {
+    sq_entries: 512,
+    small_buffers: sizes::SMALL_BUFFERS,
+    large_buffers: sizes::LARGE_BUFFERS,
+    memlock_bytes: 128 << 10,
+};
+/// What a shard falls back to under a low memlock limit: less batching,
+/// same behaviour.
+pub const RING_REDUCED: RingSizes = RingSizes {
+    sq_entries: 64,
+    small_buffers: 128,
+    large_buffers: 16,
+    memlock_bytes: 32 << 10,
+};
+
+/// The locked-memory budget of this process: `None` when unlimited (no
+/// limit, or CAP_IPC_LOCK, which exempts io_uring from it).
+pub fn memlock_budget_bytes() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+        || has_cap_ipc_lock()
+    {
+        return None;
+    }
+    Some(lim.rlim_cur)
+}
+
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// Picks ring sizes that fit `shards` shards in the memlock budget, or
+/// explains what to raise.
+pub fn choose_ring_sizes(shards: usize) -> Result<RingSizes, String> {
+    let Some(budget) = memlock_budget_bytes() else {
+        return Ok(RING_FULL);
+    };
+    let shards = shards.max(1) as u64;
+    if budget / shards >= RING_FULL.memlock_bytes {
+        return Ok(RING_FULL);
+    }
+    if budget / shards >= RING_REDUCED.memlock_bytes {
+        eprintln!(
+            "uftpd: warning: RLIMIT_MEMLOCK is {} KiB, below the {} KiB that {shards} shard(s) \
+             need for full-size rings; running with reduced batching (see tuning.md)",
+            budget / 1024,
+            RING_FULL.memlock_bytes * shards / 1024
+        );
+        return Ok(RING_REDUCED);
+    }
+    Err(format!(
+        "the locked-memory limit is too low for io_uring: RLIMIT_MEMLOCK is {} KiB, {shards} \
+         shard(s) need at least {} KiB ({} KiB for full speed); raise it with `ulimit -l \
+         unlimited` or LimitMEMLOCK=infinity in the systemd unit, or use fewer --cores",
+        budget / 1024,
+        RING_REDUCED.memlock_bytes * shards / 1024,
+        RING_FULL.memlock_bytes * shards / 1024
+    ))
+}
+
+fn new_ring(sq_entries: u32) -> io::Result<IoUring> {
+    let cq_entries = sq_entries * 4;
     let mut builder = IoUring::builder();
     // One thread submits and reaps: the kernel can skip cross-thread work
     // (measured 15-20 % less CPU per packet). Fall back for older kernels.
@@ -184,14 +270,28 @@ fn new_ring() -> io::Result<IoUring> {
         .setup_single_issuer()
         .setup_defer_taskrun()
         .setup_coop_taskrun()
-        .setup_cqsize(RING_ENTRIES * 4);
-    match builder.build(RING_ENTRIES) {
+        .setup_cqsize(cq_entries);
+    match builder.build(sq_entries) {
         Ok(r) => Ok(r),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
-            .setup_cqsize(RING_ENTRIES * 4)
-            .build(RING_ENTRIES),
+            .setup_cqsize(cq_entries)
+            .build(sq_entries),
         Err(e) => Err(e),
     }
+}
+
+fn build_rings(sizes: RingSizes) -> Result<(IoUring, BufferRing, BufferRing), StartError> {
+    let ring = new_ring(sizes.sq_entries).map_err(StartError::Ring)?;
+    let small = BufferRing::new(
+        &ring,
+        GROUP_SMALL,
+        sizes.small_buffers,
+        sizes::SMALL_BUFFER_BYTES,
+    )
+    .map_err(StartError::Buffers)?;
+    let large = BufferRing::new(&ring, GROUP_LARGE, sizes.large_buffers, LARGE_BUFFER_BYTES)
+        .map_err(StartError::Buffers)?;
+    Ok((ring, small, large))
 }
 
 fn recv_msghdr(control_bytes: usize) -> Box<libc::msghdr> {
@@ -211,16 +311,7 @@ fn request_hash(bytes: &[u8]) -> u64 {
 impl Shard {
     /// Builds the ring and buffers on the calling (shard) thread.
     pub fn new(mut setup: ShardSetup) -> Result<Shard, StartError> {
-        let ring = new_ring().map_err(StartError::Ring)?;
-        let small = BufferRing::new(
-            &ring,
-            GROUP_SMALL,
-            sizes::SMALL_BUFFERS,
-            sizes::SMALL_BUFFER_BYTES,
-        )
-        .map_err(StartError::Buffers)?;
-        let large = BufferRing::new(&ring, GROUP_LARGE, sizes::LARGE_BUFFERS, LARGE_BUFFER_BYTES)
-            .map_err(StartError::Buffers)?;
+        let (ring, small, large) = build_rings(setup.ring_sizes)?;
         let sessions_max = setup.sessions_max.max(1);
         let service = setup
             .service_sockets
@@ -333,7 +424,7 @@ impl Shard {
     // ----- submission helpers -------------------------------------------
 
     fn push(&mut self, sqe: squeue::Entry) {
-        // The SQ is only full when a turn queues more than RING_ENTRIES
+        // The SQ is only full when a turn queues more than its entries
         // operations; then submit what is there and go on.
         for _ in 0..2 {
             // SAFETY: every pointer in `sqe` refers to memory that outlives
