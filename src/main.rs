@@ -12,7 +12,7 @@ use clap::Parser;
 use uftpd::cache::{FileCache, Root};
 use uftpd::config::{Args, sizes};
 use uftpd::shard::{self, Shard, ShardSetup, net};
-use uftpd::stats::ShardCounters;
+use uftpd::stats::{ShardCounters, Snapshot};
 
 static SHUTDOWN: AtomicBool = AtomicBool::new(false);
 
@@ -53,17 +53,20 @@ fn run(args: Args) -> Result<(), String> {
     let shutdown = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(shards);
+    let mut all_counters: Vec<Arc<ShardCounters>> = Vec::with_capacity(shards);
     let mut bound: Vec<SocketAddr> = Vec::new();
     for (index, service_sockets) in sockets.into_iter().enumerate() {
         if index == 0 {
             bound = service_sockets.iter().map(|(_, a)| *a).collect();
         }
+        let counters = Arc::new(ShardCounters::default());
+        all_counters.push(Arc::clone(&counters));
         let setup = ShardSetup {
             index,
             service_sockets,
             root: Arc::clone(&root),
             cache: Arc::clone(&cache),
-            counters: Arc::new(ShardCounters::default()),
+            counters,
             shutdown: Arc::clone(&shutdown),
             server: args.server_config(),
             sessions_max: per_shard_sessions,
@@ -132,6 +135,14 @@ fn run(args: Args) -> Result<(), String> {
             Ok(Err(e)) => result = Err(e),
             Err(_) => result = Err("a shard panicked".into()),
         }
+    }
+    if args.verbose >= 1 {
+        let mut total = Snapshot::default();
+        for c in &all_counters {
+            total.add(&c.snapshot());
+        }
+        let fields: Vec<String> = total.fields().map(|(k, v)| format!("{k}={v}")).collect();
+        eprintln!("uftpd: totals: {}", fields.join(" "));
     }
     result
 }

@@ -395,8 +395,9 @@ fn run_as_nobody_with_memlock(
     }
     if status.is_none() {
         let _ = child.kill();
-        let _ = child.wait();
     }
+    // Reaps the child in every case (std keeps the status of a reaped one).
+    let _ = child.wait();
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
         use std::io::Read;

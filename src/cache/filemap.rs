@@ -76,10 +76,10 @@ impl FileCache {
             size_bytes: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         };
-        if let Ok(entries) = self.entries.read() {
-            if let Some(hit) = entries.get(&key) {
-                return Ok(Arc::clone(hit));
-            }
+        if let Ok(entries) = self.entries.read()
+            && let Some(hit) = entries.get(&key)
+        {
+            return Ok(Arc::clone(hit));
         }
         let source = if key.size_bytes == 0 {
             Source::Owned(Vec::new())

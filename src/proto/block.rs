@@ -13,15 +13,15 @@ pub fn unwrap(wire: u16, near: u64) -> u64 {
     let candidate = (near & !0xffff) | u64::from(wire);
     let distance = |c: u64| c.abs_diff(near);
     let mut best = candidate;
-    if let Some(lower) = candidate.checked_sub(0x1_0000) {
-        if distance(lower) < distance(best) {
-            best = lower;
-        }
+    if let Some(lower) = candidate.checked_sub(0x1_0000)
+        && distance(lower) < distance(best)
+    {
+        best = lower;
     }
-    if let Some(upper) = candidate.checked_add(0x1_0000) {
-        if distance(upper) < distance(best) {
-            best = upper;
-        }
+    if let Some(upper) = candidate.checked_add(0x1_0000)
+        && distance(upper) < distance(best)
+    {
+        best = upper;
     }
     best
 }

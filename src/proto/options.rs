@@ -108,12 +108,13 @@ pub fn negotiate(
                 }
                 RequestKind::Write => out.oack.tsize_bytes = Some(v),
             }
-        } else if name.eq_ignore_ascii_case(b"windowsize") && out.oack.windowsize.is_none() {
-            if let Some(v @ 1..=65535) = number {
-                let v = v.min(u64::from(limits.windowsize_max)) as u16;
-                out.windowsize = v;
-                out.oack.windowsize = Some(v);
-            }
+        } else if name.eq_ignore_ascii_case(b"windowsize")
+            && out.oack.windowsize.is_none()
+            && let Some(v @ 1..=65535) = number
+        {
+            let v = v.min(u64::from(limits.windowsize_max)) as u16;
+            out.windowsize = v;
+            out.oack.windowsize = Some(v);
         }
     }
     Ok(out)

@@ -160,14 +160,12 @@ impl RetransmitTimer {
             Some(d) if now >= d => {}
             _ => return TimerVerdict::NotDue,
         }
-        if !peer_verified {
-            if let Some(max) = self.config.unverified_resends_max {
-                if self.unverified_resends >= max {
-                    self.deadline = None;
-                    return TimerVerdict::GiveUpUnverified;
-                }
-                self.unverified_resends += 1;
+        if !peer_verified && let Some(max) = self.config.unverified_resends_max {
+            if self.unverified_resends >= max {
+                self.deadline = None;
+                return TimerVerdict::GiveUpUnverified;
             }
+            self.unverified_resends += 1;
         }
         self.retries += 1;
         if self.retries > self.config.retries_max {

@@ -610,13 +610,14 @@ impl Shard {
         // waiting for this peer answers it. Anything else from that port
         // replaces the old session (the client has moved on).
         if let Some(&existing) = self.by_peer.get(&peer) {
-            if let Some(Some(slot)) = self.slots.get_mut(existing as usize) {
-                if slot.request_hash == hash && !slot.session.is_verified() {
-                    counters.requests_duplicate.inc();
-                    slot.session.handle_duplicate_request();
-                    self.pump(existing);
-                    return;
-                }
+            if let Some(Some(slot)) = self.slots.get_mut(existing as usize)
+                && slot.request_hash == hash
+                && !slot.session.is_verified()
+            {
+                counters.requests_duplicate.inc();
+                slot.session.handle_duplicate_request();
+                self.pump(existing);
+                return;
             }
             self.end_session(existing, None);
         }
@@ -874,11 +875,10 @@ impl Shard {
         counters
             .duplicates_ignored
             .add(after.saturating_sub(before));
-        if let (Event::Store { last, .. }, Packet::Data { payload, .. }) = (event, packet) {
-            if let Err((code, message)) = store_block(slot, payload, last, &mut self.decode_scratch)
-            {
-                slot.session.abort(code, message);
-            }
+        if let (Event::Store { last, .. }, Packet::Data { payload, .. }) = (event, packet)
+            && let Err((code, message)) = store_block(slot, payload, last, &mut self.decode_scratch)
+        {
+            slot.session.abort(code, message);
         }
         self.pump(slot_index);
     }
@@ -1152,11 +1152,11 @@ impl Shard {
     }
 
     fn free_slot(&mut self, slot_index: u32) {
-        if let Some(entry) = self.slots.get_mut(slot_index as usize) {
-            if entry.take().is_some() {
-                self.active -= 1;
-                self.free_slots.push(slot_index);
-            }
+        if let Some(entry) = self.slots.get_mut(slot_index as usize)
+            && entry.take().is_some()
+        {
+            self.active -= 1;
+            self.free_slots.push(slot_index);
         }
     }
 
@@ -1187,12 +1187,12 @@ impl Shard {
         }
         if now.duration_since(since) > Duration::from_millis(self.setup.grace_ms) {
             for index in 0..self.slots.len() as u32 {
-                if let Some(Some(slot)) = self.slots.get_mut(index as usize) {
-                    if !slot.closing {
-                        slot.session
-                            .abort(ErrorCode::NotDefined, "Server shutting down");
-                        self.pump(index);
-                    }
+                if let Some(Some(slot)) = self.slots.get_mut(index as usize)
+                    && !slot.closing
+                {
+                    slot.session
+                        .abort(ErrorCode::NotDefined, "Server shutting down");
+                    self.pump(index);
                 }
             }
             return true;
@@ -1243,10 +1243,8 @@ fn store_block(
         }
         None => up.write(payload).map_err(disk_error)?,
     }
-    if last {
-        if let Some(up) = upload.take() {
-            up.commit().map_err(disk_error)?;
-        }
+    if last && let Some(up) = upload.take() {
+        up.commit().map_err(disk_error)?;
     }
     Ok(())
 }

@@ -185,8 +185,14 @@ mod tests {
         for tag in [
             Tag::ServiceRecv { socket: 3 },
             Tag::TransferRecv {
-                slot: 0xff_ffff,
+                slot: 0x7f_ffff,
                 generation: u32::MAX,
+                large: true,
+            },
+            Tag::TransferRecv {
+                slot: 1,
+                generation: 0,
+                large: false,
             },
             Tag::Send { send_slot: 1023 },
             Tag::Cancel,
