@@ -444,3 +444,90 @@ fn a_low_memlock_limit_gets_reduced_rings_or_a_clear_message() {
         "{stderr}"
     );
 }
+
+/// Uploads `blocks` full blocks then a short one; returns the first ERROR
+/// the server sent, if any.
+fn upload_until_error(
+    server: &Server,
+    name: &str,
+    options: &[(&str, &str)],
+    blocks: u16,
+) -> Option<(u16, String)> {
+    let sock = client_socket(server.addr());
+    sock.send_to(&wrq(name.as_bytes(), "octet", options), server.addr())
+        .unwrap();
+    let (p, tid, _) = recv_packet(&sock, SHORT).expect("a reply to the WRQ");
+    match p {
+        Packet::Error { code, msg } => return Some((code, msg)),
+        Packet::Ack { block: 0 } | Packet::Oack { .. } => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    for block in 1..=blocks + 1 {
+        let payload = if block > blocks {
+            &[1u8; 7][..]
+        } else {
+            &[0x5a; 512][..]
+        };
+        sock.send_to(&data(block, payload), tid).unwrap();
+        match recv_packet(&sock, SHORT) {
+            Some((Packet::Ack { block: b }, _, _)) if b == block => {}
+            Some((Packet::Error { code, msg }, _, _)) => return Some((code, msg)),
+            other => panic!("block {block}: unexpected {other:?}"),
+        }
+    }
+    None
+}
+
+#[test]
+fn uploads_over_the_size_limit_get_error_3_and_leave_nothing() {
+    let dir = TempDir::new("limit");
+    let server = Server::start(dir.path(), &["--create", "--max-upload-bytes", "10000"]);
+    // Announced too big: refused before any file exists.
+    let refused = upload_until_error(&server, "a.bin", &[("tsize", "20000")], 40);
+    assert_eq!(refused.map(|(c, _)| c), Some(3));
+    // Not announced: refused when the data passes the limit.
+    let refused = upload_until_error(&server, "b.bin", &[], 40);
+    assert_eq!(refused.map(|(c, _)| c), Some(3));
+    // Within the limit: fine.
+    assert_eq!(
+        upload_until_error(&server, "c.bin", &[("tsize", "5127")], 10),
+        None
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    common::assert_dir_exactly(dir.path(), &["c.bin"]);
+}
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_gets_error_3_and_leaves_nothing() {
+    let dir = TempDir::new("diskfull");
+    let mount_point = dir.join("disk");
+    std::fs::create_dir(&mount_point).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mount_point)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIP: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _disk = SmallDisk(mount_point.clone());
+    std::fs::write(mount_point.join("keep.bin"), b"old").unwrap();
+    let server = Server::start(&mount_point, &["--create"]);
+    let refused = upload_until_error(&server, "keep.bin", &[], 400);
+    let (code, msg) = refused.expect("a 200 KiB upload to a 64 KiB disk must fail");
+    assert_eq!(code, 3, "{msg}");
+    std::thread::sleep(Duration::from_millis(200));
+    common::assert_dir_exactly(&mount_point, &["keep.bin"]);
+    assert_eq!(std::fs::read(mount_point.join("keep.bin")).unwrap(), b"old");
+    drop(server);
+}
