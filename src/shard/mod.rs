@@ -112,6 +112,7 @@ pub struct Shard {
     next_timer_scan: Instant,
     setup: ShardSetup,
     name_scratch: Vec<u8>,
+    request_scratch: Vec<u8>,
     decode_scratch: Vec<u8>,
     cqe_batch: Vec<(u64, i32, u32)>,
     draining_since: Option<Instant>,
@@ -339,6 +340,7 @@ impl Shard {
             next_timer_scan: Instant::now() + Duration::from_millis(IDLE_WAKE_MS),
             setup,
             name_scratch: Vec::with_capacity(1024),
+            request_scratch: Vec::with_capacity(sizes::SMALL_BUFFER_BYTES),
             decode_scratch: Vec::with_capacity(usize::from(wire::BLKSIZE_MAX) + 1),
             cqe_batch: Vec::with_capacity(sizes::COMPLETIONS_PER_TURN),
             draining_since: None,
@@ -537,9 +539,11 @@ impl Shard {
             counters.requests_malformed.inc();
             return;
         }
-        // Copy the request out of the receive buffer so the buffer can go
-        // back to the kernel; requests are small and rare next to ACKs.
-        let payload: Vec<u8> = msg.payload_data().to_vec();
+        // Copy the request out of the receive buffer (into scratch space
+        // allocated at start-up) so `admit` can use the whole shard.
+        let mut payload = std::mem::take(&mut self.request_scratch);
+        payload.clear();
+        payload.extend_from_slice(msg.payload_data());
         match Packet::parse(&payload) {
             Ok(Packet::Request(request)) => self.admit(index, peer, local, &request, &payload, now),
             Ok(_) => counters.requests_malformed.inc(), // not a request: ignore, never reflect
@@ -551,6 +555,7 @@ impl Shard {
                 }
             }
         }
+        self.request_scratch = payload;
     }
 
     /// ERROR from the service socket, from the address the request came to.
