@@ -13,6 +13,11 @@ use crate::proto::wire::{BLKSIZE_MAX, BLKSIZE_MIN};
 
 pub const TFTP_PORT: u16 = 69;
 
+/// Timeouts a transfer keeps listening, silently, for a peer that has not
+/// answered its first reply and its one resend (1 + 2 + 4 + 8 s at the
+/// default timeout). Longer costs session slots under a spoofed flood.
+pub const UNVERIFIED_QUIET_WAITS: u32 = 2;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "uftpd",
@@ -127,6 +132,7 @@ impl Args {
                 retries_max: self.retries,
                 backoff: true,
                 unverified_resends_max: Some(1),
+                unverified_quiet_waits: UNVERIFIED_QUIET_WAITS,
             },
             dally_ms: self.dally_ms,
         }

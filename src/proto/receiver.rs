@@ -113,15 +113,15 @@ impl Receiver {
         payload_len: usize,
         now: Instant,
     ) -> DataVerdict {
+        if self.outcome.is_some() {
+            return DataVerdict::Ignore;
+        }
         if let Some(final_index) = self.final_index {
             // Dallying: the sender missed our final ACK.
             if block::unwrap(wire_block, final_index) == final_index {
                 self.counters.duplicate_blocks += 1;
                 self.maybe_reack(now);
             }
-            return DataVerdict::Ignore;
-        }
-        if self.outcome.is_some() {
             return DataVerdict::Ignore;
         }
         if payload_len > usize::from(self.blksize) {
@@ -200,7 +200,7 @@ impl Receiver {
             return;
         }
         match self.timer.on_timeout(now, self.verified) {
-            TimerVerdict::NotDue => {}
+            TimerVerdict::NotDue | TimerVerdict::HoldQuiet => {}
             TimerVerdict::Resend => {
                 if self.handshake.is_some() {
                     self.queue_handshake();

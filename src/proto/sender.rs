@@ -143,7 +143,7 @@ impl Sender {
             return;
         }
         match self.timer.on_timeout(now, self.verified) {
-            TimerVerdict::NotDue => {}
+            TimerVerdict::NotDue | TimerVerdict::HoldQuiet => {}
             TimerVerdict::Resend => self.queue_resend(),
             TimerVerdict::GiveUpUnverified => self.finish(Outcome::NoResponse),
             TimerVerdict::GiveUp => {

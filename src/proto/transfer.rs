@@ -76,6 +76,10 @@ pub struct TimerConfig {
     /// How many times the first reply is resent to a peer that has not yet
     /// answered at all; `None` for the full budget (the client side).
     pub unverified_resends_max: Option<u32>,
+    /// After those resends, how many more timeouts to keep listening
+    /// without sending: a real peer whose answers were lost still gets
+    /// through, and a spoofed address still draws nothing more.
+    pub unverified_quiet_waits: u32,
 }
 
 /// Backoff stops doubling here (but never below the base timeout).
@@ -102,6 +106,7 @@ pub struct RetransmitTimer {
     rto_ms: u64,
     retries: u32,
     unverified_resends: u32,
+    quiet_waits: u32,
     deadline: Option<Instant>,
 }
 
@@ -113,6 +118,8 @@ pub enum TimerVerdict {
     GiveUp,
     /// The peer never answered and its one resend is spent.
     GiveUpUnverified,
+    /// An unverified peer's resend is spent: keep listening, send nothing.
+    HoldQuiet,
 }
 
 impl RetransmitTimer {
@@ -123,6 +130,7 @@ impl RetransmitTimer {
             rto_ms: config.retransmit_ms,
             retries: 0,
             unverified_resends: 0,
+            quiet_waits: 0,
             deadline: None,
         }
     }
@@ -162,8 +170,13 @@ impl RetransmitTimer {
         }
         if !peer_verified && let Some(max) = self.config.unverified_resends_max {
             if self.unverified_resends >= max {
-                self.deadline = None;
-                return TimerVerdict::GiveUpUnverified;
+                if self.quiet_waits >= self.config.unverified_quiet_waits {
+                    self.deadline = None;
+                    return TimerVerdict::GiveUpUnverified;
+                }
+                self.quiet_waits += 1;
+                self.back_off_and_arm(now);
+                return TimerVerdict::HoldQuiet;
             }
             self.unverified_resends += 1;
         }
@@ -172,12 +185,16 @@ impl RetransmitTimer {
             self.deadline = None;
             return TimerVerdict::GiveUp;
         }
+        self.back_off_and_arm(now);
+        TimerVerdict::Resend
+    }
+
+    fn back_off_and_arm(&mut self, now: Instant) {
         if self.config.backoff {
             let ceiling = RETRANSMIT_CEILING_MS.max(self.config.retransmit_ms);
             self.rto_ms = self.rto_ms.saturating_mul(2).min(ceiling);
         }
         self.arm(now);
-        TimerVerdict::Resend
     }
 }
 
@@ -190,6 +207,7 @@ mod tests {
         retries_max: 5,
         backoff: true,
         unverified_resends_max: Some(1),
+        unverified_quiet_waits: 2,
     };
 
     #[test]
@@ -221,8 +239,14 @@ mod tests {
         assert_eq!(t.on_timeout(t0, false), TimerVerdict::NotDue);
         let d = t.deadline().unwrap();
         assert_eq!(t.on_timeout(d, false), TimerVerdict::Resend);
+        // Then two silent waits (2 s and 4 s) before giving up at 1+2+4+8 s.
+        let d = t.deadline().unwrap();
+        assert_eq!(t.on_timeout(d, false), TimerVerdict::HoldQuiet);
+        let d = t.deadline().unwrap();
+        assert_eq!(t.on_timeout(d, false), TimerVerdict::HoldQuiet);
         let d = t.deadline().unwrap();
         assert_eq!(t.on_timeout(d, false), TimerVerdict::GiveUpUnverified);
+        assert_eq!(d - t0, Duration::from_secs(15));
         assert_eq!(t.deadline(), None);
     }
 
