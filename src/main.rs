@@ -121,14 +121,22 @@ fn run(args: Args) -> Result<(), String> {
     );
 
     // Wait for SIGINT/SIGTERM, then tell the shards.
+    let mut result = Ok(());
     while !SHUTDOWN.load(Ordering::Relaxed) {
         if threads.iter().any(|t| t.is_finished()) {
+            // A shard only returns on its own after an error; never exit 0 then.
+            result = Err("a shard stopped unexpectedly; shutting down".to_string());
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    if result.is_ok() {
+        eprintln!(
+            "uftpd: signal received: no new requests; running transfers have {} ms to finish",
+            args.grace_ms
+        );
+    }
     shutdown.store(true, Ordering::Relaxed);
-    let mut result = Ok(());
     for t in threads {
         match t.join() {
             Ok(Ok(())) => {}
