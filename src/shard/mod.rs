@@ -116,6 +116,8 @@ pub struct Shard {
     decode_scratch: Vec<u8>,
     cqe_batch: Vec<(u64, i32, u32)>,
     draining_since: Option<Instant>,
+    /// Sends queued since the last submission.
+    sends_queued: usize,
 }
 
 /// Why a shard could not start; `main` turns it into one line.
@@ -344,6 +346,7 @@ impl Shard {
             decode_scratch: Vec::with_capacity(usize::from(wire::BLKSIZE_MAX) + 1),
             cqe_batch: Vec::with_capacity(sizes::COMPLETIONS_PER_TURN),
             draining_since: None,
+            sends_queued: 0,
         })
     }
 
@@ -368,7 +371,9 @@ impl Shard {
                 .sec(wait.as_secs())
                 .nsec(wait.subsec_nanos());
             let args = types::SubmitArgs::new().timespec(&ts);
-            match self.ring.submitter().submit_with_args(1, &args) {
+            let want = 1 + self.sends_queued;
+            self.sends_queued = 0;
+            match self.ring.submitter().submit_with_args(want, &args) {
                 Ok(_) => {}
                 Err(e)
                     if matches!(
@@ -435,7 +440,18 @@ impl Shard {
                 return;
             }
             let _ = self.ring.submit();
+            // What was queued is in flight now; its completions may be
+            // reaped before the next wait.
+            self.sends_queued = 0;
         }
+    }
+
+    /// Queues a send. Counted so the next wait asks for one completion more
+    /// than the queued sends will produce: a send that completes inline must
+    /// not end the wait (that would cost a second io_uring_enter per block).
+    fn push_send(&mut self, sqe: squeue::Entry) {
+        self.push(sqe);
+        self.sends_queued += 1;
     }
 
     fn arm_service(&mut self, index: usize) {
@@ -588,7 +604,7 @@ impl Shard {
                 let sqe = opcode::SendMsg::new(types::Fd(fd), msg)
                     .build()
                     .user_data(Tag::Send { send_slot }.encode());
-                self.push(sqe);
+                self.push_send(sqe);
             }
             None => {
                 self.pool.release(send_slot);
@@ -909,7 +925,7 @@ impl Shard {
                 let sqe = opcode::SendMsg::new(types::Fd(fd), msg)
                     .build()
                     .user_data(Tag::Send { send_slot }.encode());
-                self.push(sqe);
+                self.push_send(sqe);
             }
             None => {
                 self.pool.release(send_slot);
