@@ -531,3 +531,65 @@ fn a_full_disk_gets_error_3_and_leaves_nothing() {
     assert_eq!(std::fs::read(mount_point.join("keep.bin")).unwrap(), b"old");
     drop(server);
 }
+
+/// Polls the server's log for `needle` until `deadline`.
+fn log_shows(server: &Server, needle: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if server.log().contains(needle) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn a_client_that_goes_away_ends_its_session_at_the_first_retransmit() {
+    let dir = TempDir::new("goneaway");
+    common::write_random_file(&dir.join("f.bin"), 8, 100_000);
+    // Without the ICMP check this would take 0.3+0.6+1.2+2.4+4.8+9.6 s.
+    let server = Server::start(dir.path(), &["-v", "--retransmit-ms", "300"]);
+    for acked in [false, true] {
+        let sock = client_socket(server.addr());
+        sock.send_to(&rrq(b"f.bin", "octet", &[]), server.addr())
+            .unwrap();
+        let (_, tid, _) = recv_packet(&sock, SHORT).expect("DATA 1");
+        if acked {
+            sock.send_to(&ack(1), tid).unwrap();
+            recv_packet(&sock, SHORT).expect("DATA 2");
+        }
+        let client = sock.local_addr().unwrap();
+        drop(sock); // the client's port closes: ICMP port unreachable
+        let line = format!("{client}: failed: peer's port closed");
+        assert!(
+            log_shows(&server, &line, Duration::from_secs(3)),
+            "no '{line}' in:\n{}",
+            server.log()
+        );
+    }
+}
+
+#[test]
+fn an_error_5_bouncing_off_a_closed_stray_port_does_not_end_the_transfer() {
+    let dir = TempDir::new("straybounce");
+    let want = common::write_random_file(&dir.join("f.bin"), 9, 20_000);
+    let server = Server::start(dir.path(), &["-v", "--retransmit-ms", "2000"]);
+    let sock = client_socket(server.addr());
+    sock.send_to(&rrq(b"f.bin", "octet", &[]), server.addr())
+        .unwrap();
+    let (p, tid, _) = recv_packet(&sock, SHORT).expect("DATA 1");
+    let Packet::Data { data, .. } = p else {
+        panic!("{p:?}")
+    };
+    {
+        let stray = client_socket(server.addr());
+        stray.send_to(&ack(1), tid).unwrap();
+    } // closed at once: our ERROR 5 to it bounces as ICMP port unreachable
+    std::thread::sleep(Duration::from_millis(300));
+    let mut got = data;
+    sock.send_to(&ack(1), tid).unwrap();
+    finish_rrq(&sock, tid, 2, &mut got);
+    common::assert_same_bytes(&got, &want, "transfer after a stray bounce");
+    assert!(!server.log().contains("port closed"), "{}", server.log());
+}

@@ -156,6 +156,14 @@ impl<'n> ClientSession<'n> {
         }
     }
 
+    /// ICMP port unreachable from the server's transfer port.
+    pub fn handle_unreachable(&mut self) {
+        match &mut self.machine {
+            Machine::Read(r) => r.handle_unreachable(),
+            Machine::Write(s) => s.handle_unreachable(),
+        }
+    }
+
     pub fn abort(&mut self, code: ErrorCode, message: &'static str) {
         match &mut self.machine {
             Machine::Read(r) => r.abort(code, message),

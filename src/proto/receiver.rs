@@ -213,6 +213,18 @@ impl Receiver {
         }
     }
 
+    /// The peer's port is closed (ICMP port unreachable). A finished upload
+    /// stays finished; anything else has lost its sender.
+    pub fn handle_unreachable(&mut self) {
+        if self.outcome.is_none() {
+            self.finish(if self.final_index.is_some() {
+                Outcome::Complete
+            } else {
+                Outcome::Unreachable
+            });
+        }
+    }
+
     /// A duplicate of the request that opened this transfer.
     pub fn handle_duplicate_request(&mut self) {
         if self.outcome.is_none() && !self.verified && self.pending.is_none() {
@@ -300,5 +312,65 @@ impl Receiver {
         if !recent {
             self.send_ack(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMER: TimerConfig = TimerConfig {
+        retransmit_ms: 1000,
+        retries_max: 5,
+        backoff: true,
+        unverified_resends_max: Some(1),
+        unverified_quiet_waits: 2,
+    };
+
+    #[test]
+    fn a_finished_upload_stays_finished_when_the_peer_leaves() {
+        let now = Instant::now();
+        let mut r = Receiver::new(512, 1, Handshake::Ack0, TIMER, 10_000, now);
+        assert_eq!(r.poll_transmit(), Some(Transmit::Ack { block: 0 }));
+        assert_eq!(
+            r.handle_data(1, 10, now),
+            DataVerdict::Accept {
+                index: 1,
+                last: true
+            }
+        );
+        r.handle_unreachable();
+        assert_eq!(r.outcome(), Some(Outcome::Complete));
+
+        let mut r = Receiver::new(512, 1, Handshake::Ack0, TIMER, 10_000, now);
+        assert_eq!(
+            r.handle_data(1, 512, now),
+            DataVerdict::Accept {
+                index: 1,
+                last: false
+            }
+        );
+        r.handle_unreachable();
+        assert_eq!(r.outcome(), Some(Outcome::Unreachable));
+    }
+
+    #[test]
+    fn a_window_is_acked_once_at_its_end_and_a_gap_once() {
+        let now = Instant::now();
+        let mut r = Receiver::new(512, 4, Handshake::Oack, TIMER, 10_000, now);
+        assert_eq!(r.poll_transmit(), Some(Transmit::Oack));
+        for block in 1..=3 {
+            assert!(matches!(
+                r.handle_data(block, 512, now),
+                DataVerdict::Accept { .. }
+            ));
+            assert_eq!(r.poll_transmit(), None);
+        }
+        r.handle_data(4, 512, now);
+        assert_eq!(r.poll_transmit(), Some(Transmit::Ack { block: 4 }));
+        // Block 5 lost: 6 and 7 draw one ACK 4, not two.
+        assert_eq!(r.handle_data(6, 512, now), DataVerdict::Ignore);
+        assert_eq!(r.handle_data(7, 512, now), DataVerdict::Ignore);
+        assert_eq!(r.poll_transmit(), None, "ACK 4 was just sent: held back");
     }
 }

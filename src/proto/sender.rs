@@ -146,18 +146,28 @@ impl Sender {
             TimerVerdict::NotDue | TimerVerdict::HoldQuiet => {}
             TimerVerdict::Resend => self.queue_resend(),
             TimerVerdict::GiveUpUnverified => self.finish(Outcome::NoResponse),
-            TimerVerdict::GiveUp => {
-                // Everything but the last window acknowledged and the last
-                // block sent: only the final ACK is missing.
-                let last_window_sent = self.sent_max == self.last
-                    && self.acked + u64::from(self.windowsize) >= self.last;
-                self.finish(if self.handshake.is_none() && last_window_sent {
-                    Outcome::CompleteUnconfirmed
-                } else {
-                    Outcome::TimedOut
-                });
-            }
+            TimerVerdict::GiveUp => self.finish_unless_only_final_ack_missing(Outcome::TimedOut),
         }
+    }
+
+    /// The peer's port is closed (ICMP port unreachable for our packets to
+    /// it): nobody is there to retransmit to.
+    pub fn handle_unreachable(&mut self) {
+        if self.outcome.is_none() {
+            self.finish_unless_only_final_ack_missing(Outcome::Unreachable);
+        }
+    }
+
+    /// Everything but the last window acknowledged and the last block sent:
+    /// only the final ACK is missing, which is not an error (RFC 1350).
+    fn finish_unless_only_final_ack_missing(&mut self, failure: Outcome) {
+        let last_window_sent =
+            self.sent_max == self.last && self.acked + u64::from(self.windowsize) >= self.last;
+        self.finish(if self.handshake.is_none() && last_window_sent {
+            Outcome::CompleteUnconfirmed
+        } else {
+            failure
+        });
     }
 
     /// A duplicate of the request that opened this transfer: answer it with
@@ -239,5 +249,64 @@ impl Sender {
         self.counters.blocks_resent += u64::from(count) - fresh.min(u64::from(count));
         self.sent_max = self.sent_max.max(end);
         self.pending = Some(Transmit::Data { first, count });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMER: TimerConfig = TimerConfig {
+        retransmit_ms: 1000,
+        retries_max: 5,
+        backoff: true,
+        unverified_resends_max: Some(1),
+        unverified_quiet_waits: 2,
+    };
+
+    #[test]
+    fn unreachable_mid_transfer_fails_but_after_the_last_block_completes() {
+        let now = Instant::now();
+        let mut s = Sender::new(512, 1, 2000, None, TIMER, now);
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Transmit::Data { first: 1, count: 1 })
+        );
+        s.handle_ack(1, now);
+        s.handle_unreachable();
+        assert_eq!(s.outcome(), Some(Outcome::Unreachable));
+
+        let mut s = Sender::new(512, 1, 700, None, TIMER, now);
+        s.handle_ack(1, now);
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Transmit::Data { first: 2, count: 1 })
+        );
+        s.handle_unreachable(); // the client left after the last block
+        assert_eq!(s.outcome(), Some(Outcome::CompleteUnconfirmed));
+        assert_eq!(s.poll_transmit(), None);
+    }
+
+    #[test]
+    fn duplicate_acks_are_counted_never_answered() {
+        let now = Instant::now();
+        let mut s = Sender::new(512, 4, 10_000, None, TIMER, now);
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Transmit::Data { first: 1, count: 4 })
+        );
+        s.handle_ack(4, now);
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Transmit::Data { first: 5, count: 4 })
+        );
+        for _ in 0..3 {
+            s.handle_ack(4, now);
+            assert_eq!(s.poll_transmit(), None);
+        }
+        assert_eq!(s.counters().duplicate_acks, 3);
+        s.handle_ack(9, now); // never sent
+        assert_eq!(s.poll_transmit(), None);
+        assert_eq!(s.counters().invalid_acks, 1);
     }
 }

@@ -136,6 +136,14 @@ impl ServerSession {
         }
     }
 
+    /// ICMP port unreachable from the peer's address and port.
+    pub fn handle_unreachable(&mut self) {
+        match &mut self.machine {
+            Machine::Read(s) => s.handle_unreachable(),
+            Machine::Write(r) => r.handle_unreachable(),
+        }
+    }
+
     pub fn abort(&mut self, code: ErrorCode, message: &'static str) {
         match &mut self.machine {
             Machine::Read(s) => s.abort(code, message),

@@ -43,6 +43,8 @@ pub enum Outcome {
     NoResponse,
     /// We ended the transfer with an ERROR of our own.
     Aborted(ErrorCode),
+    /// ICMP said the peer's port is closed (the client went away).
+    Unreachable,
 }
 
 impl Outcome {
@@ -60,6 +62,7 @@ impl std::fmt::Display for Outcome {
             Outcome::TimedOut => f.write_str("failed: peer stopped answering"),
             Outcome::NoResponse => f.write_str("failed: peer never answered"),
             Outcome::Aborted(code) => write!(f, "aborted with ERROR {}", *code as u16),
+            Outcome::Unreachable => f.write_str("failed: peer's port closed"),
         }
     }
 }

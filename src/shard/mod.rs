@@ -816,6 +816,8 @@ impl Shard {
             }
         } else if result == -libc::ENOBUFS {
             self.setup.counters.receive_buffers_exhausted.inc();
+        } else if result == -libc::ECONNREFUSED && live {
+            self.check_unreachable(slot_index);
         }
         self.recycle(flags, large);
         if !more && live {
@@ -1061,6 +1063,8 @@ impl Shard {
                     self.send_blocks(fd, peer, owner, &source, blksize, first, count, false);
                 }
             }
+            // An ICMP error is pending on the socket: see whose it is.
+            libc::ECONNREFUSED => self.check_unreachable(owner.slot),
             // The file shrank under its map: the kernel's copy faulted.
             libc::EFAULT => {
                 slot.session
@@ -1070,6 +1074,21 @@ impl Shard {
             // Anything else (ENOBUFS, ECONNREFUSED...) is loss; timers cover it.
             _ => {}
         }
+    }
+
+    /// ICMP errors queued on a transfer socket (IP_RECVERR): if one says the
+    /// peer's own port is closed, the client has gone and the session ends
+    /// now rather than after its whole retry schedule. Errors for other
+    /// addresses (an ERROR 5 we sent to a stray port) are discarded.
+    fn check_unreachable(&mut self, slot_index: u32) {
+        let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
+            return;
+        };
+        if slot.closing || !net::peer_port_unreachable(&slot.socket, slot.peer) {
+            return;
+        }
+        slot.session.handle_unreachable();
+        self.pump(slot_index);
     }
 
     // ----- timers and endings -------------------------------------------
@@ -1112,6 +1131,7 @@ impl Shard {
             Some(Outcome::TimedOut) => counters.failed_timeout.inc(),
             Some(Outcome::NoResponse) => counters.failed_no_response.inc(),
             Some(Outcome::PeerError(_)) => counters.failed_peer_error.inc(),
+            Some(Outcome::Unreachable) => counters.failed_unreachable.inc(),
             Some(Outcome::Aborted(_)) | None => counters.failed_aborted.inc(),
         }
         if let Some(sender) = slot.session.sender() {

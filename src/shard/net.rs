@@ -83,11 +83,96 @@ pub fn transfer_socket(local: SocketAddr) -> io::Result<OwnedFd> {
             libc::IP_PMTUDISC_DONT,
         );
     }
+    // Queue ICMP errors so a closed peer port ends the transfer early.
+    let _ = if local.is_ipv6() {
+        set_int_opt(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVERR, 1)
+    } else {
+        set_int_opt(&socket, libc::IPPROTO_IP, libc::IP_RECVERR, 1)
+    };
     let _ = socket.set_recv_buffer_size(RECV_BUFFER_BYTES / 4);
     let mut bind_to = local;
     bind_to.set_port(0);
     socket.bind(&bind_to.into())?;
     Ok(socket.into())
+}
+
+/// ICMP errors read from one socket's error queue per check.
+const ERROR_QUEUE_READS_MAX: usize = 8;
+
+/// Drains a transfer socket's error queue (IP_RECVERR); true if one of
+/// the errors is "connection refused" (ICMP port unreachable) for a
+/// packet we sent to `peer`.
+pub fn peer_port_unreachable(fd: &OwnedFd, peer: SocketAddr) -> bool {
+    let mut found = false;
+    for _ in 0..ERROR_QUEUE_READS_MAX {
+        // SAFETY: plain C structs, zero-initialised.
+        let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut control = [0u64; 64];
+        let mut payload = [0u8; 64];
+        let mut iov = libc::iovec {
+            iov_base: payload.as_mut_ptr().cast(),
+            iov_len: payload.len(),
+        };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: every pointer in msg refers to the locals above.
+        let n = unsafe {
+            libc::recvmsg(
+                fd.as_raw_fd(),
+                &mut msg,
+                libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            break; // EAGAIN: the queue is empty
+        }
+        // SAFETY: the kernel wrote msg_namelen bytes of `name`.
+        let name_bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&name as *const libc::sockaddr_storage).cast::<u8>(),
+                (msg.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_storage>()),
+            )
+        };
+        // SAFETY: the kernel wrote msg_controllen bytes of `control`.
+        let control_bytes = unsafe {
+            std::slice::from_raw_parts(
+                control.as_ptr().cast::<u8>(),
+                msg.msg_controllen.min(std::mem::size_of_val(&control)),
+            )
+        };
+        let to_peer = parse_sockaddr(name_bytes)
+            .is_some_and(|offended| offended.ip() == peer.ip() && offended.port() == peer.port());
+        if to_peer && extended_errno(control_bytes) == Some(libc::ECONNREFUSED as u32) {
+            found = true;
+        }
+    }
+    found
+}
+
+/// `ee_errno` of the IP_RECVERR / IPV6_RECVERR control message.
+fn extended_errno(control: &[u8]) -> Option<u32> {
+    let mut rest = control;
+    while rest.len() >= CMSG_HEADER_BYTES {
+        let len = usize::from_ne_bytes(rest.get(0..8)?.try_into().ok()?);
+        let level = i32::from_ne_bytes(rest.get(8..12)?.try_into().ok()?);
+        let kind = i32::from_ne_bytes(rest.get(12..16)?.try_into().ok()?);
+        let data = rest.get(CMSG_HEADER_BYTES..len)?;
+        if (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
+            || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR)
+        {
+            // struct sock_extended_err starts with u32 ee_errno.
+            return Some(u32::from_ne_bytes(data.get(0..4)?.try_into().ok()?));
+        }
+        let step = len.checked_add(7)? & !7;
+        rest = rest.get(step.max(CMSG_HEADER_BYTES)..)?;
+    }
+    None
 }
 
 /// Parses a kernel `sockaddr_in`/`sockaddr_in6` from raw bytes.

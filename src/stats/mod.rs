@@ -57,6 +57,8 @@ counters! {
     /// The peer never answered the first reply (possibly spoofed).
     failed_no_response,
     failed_peer_error,
+    /// The peer's port closed mid-transfer (ICMP port unreachable).
+    failed_unreachable,
     failed_aborted,
     packets_received,
     packets_sent,
