@@ -2,7 +2,7 @@
 //! sockets, starts one pinned shard per core, and waits for a signal.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -13,12 +13,6 @@ use uftpd::cache::{FileCache, Root};
 use uftpd::config::{Args, sizes};
 use uftpd::shard::{self, Shard, ShardSetup, net};
 use uftpd::stats::{ShardCounters, Snapshot};
-
-static SHUTDOWN: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SHUTDOWN.store(true, Ordering::Relaxed);
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -52,6 +46,16 @@ fn run(args: Args) -> Result<(), String> {
     let root = Arc::new(root);
     let shutdown = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    // Shard threads inherit this mask, so only `wait_for_signal` sees them.
+    let signals = block_shutdown_signals();
+    // SAFETY: plain syscall; the result is checked.
+    let wake_raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
+    if wake_raw < 0 {
+        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor the kernel just gave us; owned here, and the
+    // shards that read it are joined before it is dropped.
+    let wake = unsafe { OwnedFd::from_raw_fd(wake_raw) };
     let mut threads = Vec::with_capacity(shards);
     let mut all_counters: Vec<Arc<ShardCounters>> = Vec::with_capacity(shards);
     let mut bound: Vec<SocketAddr> = Vec::new();
@@ -76,6 +80,7 @@ fn run(args: Args) -> Result<(), String> {
             grace_ms: args.grace_ms,
             verbose: args.verbose,
             ring_sizes,
+            wake_fd: wake.as_raw_fd(),
         };
         let core = cpus.get(index % cpus.len().max(1)).copied();
         let ready = ready_tx.clone();
@@ -106,12 +111,12 @@ fn run(args: Args) -> Result<(), String> {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
                 shutdown.store(true, Ordering::Relaxed);
+                wake_shards(&wake, shards);
                 return Err(message);
             }
             Err(_) => return Err("a shard failed to start".into()),
         }
     }
-    install_signal_handlers();
     for addr in &bound {
         eprintln!("uftpd: listening on {addr}");
     }
@@ -120,15 +125,18 @@ fn run(args: Args) -> Result<(), String> {
         args.root.display()
     );
 
-    // Wait for SIGINT/SIGTERM, then tell the shards.
+    // Wait for SIGINT/SIGTERM (blocked in every thread, taken here), then
+    // tell the shards.
     let mut result = Ok(());
-    while !SHUTDOWN.load(Ordering::Relaxed) {
+    loop {
+        if wait_for_signal(&signals, 1) {
+            break;
+        }
         if threads.iter().any(|t| t.is_finished()) {
             // A shard only returns on its own after an error; never exit 0 then.
             result = Err("a shard stopped unexpectedly; shutting down".to_string());
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     if result.is_ok() {
         eprintln!(
@@ -137,6 +145,7 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
     shutdown.store(true, Ordering::Relaxed);
+    wake_shards(&wake, shards);
     for t in threads {
         match t.join() {
             Ok(Ok(())) => {}
@@ -198,11 +207,31 @@ fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
     }
 }
 
-fn install_signal_handlers() {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(signal, on_signal as *const () as libc::sighandler_t);
-        }
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset operations on a local set; pthread_sigmask on ourselves.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
     }
+}
+
+/// True if SIGINT or SIGTERM arrived within `seconds`.
+fn wait_for_signal(set: &libc::sigset_t, seconds: i64) -> bool {
+    let timeout = libc::timespec {
+        tv_sec: seconds,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid set and timeout; no siginfo wanted.
+    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) > 0 }
+}
+
+/// Wakes every shard's armed eventfd read (semaphore mode: one each).
+fn wake_shards(wake: &OwnedFd, shards: usize) {
+    let count = shards as u64;
+    // SAFETY: writing 8 bytes from a local u64 to an eventfd.
+    unsafe { libc::write(wake.as_raw_fd(), (&count as *const u64).cast(), 8) };
 }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -50,6 +50,9 @@ pub struct ShardSetup {
     pub grace_ms: u64,
     pub verbose: u8,
     pub ring_sizes: RingSizes,
+    /// An eventfd (semaphore mode) that `main` writes once per shard at
+    /// shutdown; each shard keeps one read armed on it.
+    pub wake_fd: RawFd,
 }
 
 const GROUP_SMALL: u16 = 0;
@@ -58,8 +61,9 @@ const GROUP_LARGE: u16 = 1;
 const RECV_OVERHEAD_BYTES: usize = 16 + 128 + net::PKTINFO_CONTROL_BYTES;
 const LARGE_BUFFER_BYTES: usize = RECV_OVERHEAD_BYTES + wire::DATAGRAM_BYTES_MAX;
 const _: () = assert!(sizes::SMALL_BUFFER_BYTES > RECV_OVERHEAD_BYTES + 516);
-/// The loop wakes at least this often to notice a shutdown request.
-const IDLE_WAKE_MS: u64 = 100;
+/// An idle shard still wakes this often (timers are scanned then); a
+/// shutdown wakes it at once through the eventfd.
+const IDLE_WAKE_MS: u64 = 1000;
 
 struct ServiceSocket {
     fd: OwnedFd,
@@ -118,6 +122,8 @@ pub struct Shard {
     draining_since: Option<Instant>,
     /// Sends queued since the last submission.
     sends_queued: usize,
+    /// Where the armed read of the shutdown eventfd lands.
+    wake_buf: Box<u64>,
 }
 
 /// Why a shard could not start; `main` turns it into one line.
@@ -347,6 +353,7 @@ impl Shard {
             cqe_batch: Vec::with_capacity(sizes::COMPLETIONS_PER_TURN),
             draining_since: None,
             sends_queued: 0,
+            wake_buf: Box::new(0),
         })
     }
 
@@ -355,6 +362,13 @@ impl Shard {
         for i in 0..self.service.len() {
             self.arm_service(i);
         }
+        let wake_buf: *mut u64 = &mut *self.wake_buf;
+        // Offset -1: an eventfd has no position to read at.
+        let sqe = opcode::Read::new(types::Fd(self.setup.wake_fd), wake_buf.cast(), 8)
+            .offset(u64::MAX)
+            .build()
+            .user_data(Tag::Wake.encode());
+        self.push(sqe);
         loop {
             let now = Instant::now();
             if now >= self.next_timer_scan {
@@ -424,7 +438,8 @@ impl Shard {
                 large,
             }) => self.on_transfer_recv(slot, generation, large, result, flags, now),
             Some(Tag::Send { send_slot }) => self.on_send_done(send_slot, result),
-            Some(Tag::Cancel) | None => {}
+            // A wake only ends the wait; the loop then sees the shutdown flag.
+            Some(Tag::Cancel) | Some(Tag::Wake) | None => {}
         }
     }
 

@@ -134,6 +134,8 @@ pub enum Tag {
         send_slot: u32,
     },
     Cancel,
+    /// The shutdown eventfd became readable.
+    Wake,
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -157,6 +159,7 @@ impl Tag {
             }
             Tag::Send { send_slot } => (3 << KIND_SHIFT) | u64::from(send_slot),
             Tag::Cancel => 4 << KIND_SHIFT,
+            Tag::Wake => 5 << KIND_SHIFT,
         }
     }
 
@@ -171,6 +174,7 @@ impl Tag {
             }),
             3 => Some(Tag::Send { send_slot: low }),
             4 => Some(Tag::Cancel),
+            5 => Some(Tag::Wake),
             _ => None,
         }
     }
@@ -196,6 +200,7 @@ mod tests {
             },
             Tag::Send { send_slot: 1023 },
             Tag::Cancel,
+            Tag::Wake,
         ] {
             assert_eq!(Tag::decode(tag.encode()), Some(tag));
         }
