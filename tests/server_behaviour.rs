@@ -593,3 +593,36 @@ fn an_error_5_bouncing_off_a_closed_stray_port_does_not_end_the_transfer() {
     common::assert_same_bytes(&got, &want, "transfer after a stray bounce");
     assert!(!server.log().contains("port closed"), "{}", server.log());
 }
+
+#[test]
+fn the_final_ack_of_an_upload_means_the_file_is_in_place() {
+    let dir = TempDir::new("finalack");
+    let server = Server::start(dir.path(), &["--create"]);
+    for (round, size) in [(0u64, 0usize), (1, 511), (2, 512), (3, 40_000)] {
+        let name = format!("up{round}.bin");
+        let want = common::pseudo_random_bytes(round, size);
+        let sock = client_socket(server.addr());
+        sock.send_to(&wrq(name.as_bytes(), "octet", &[]), server.addr())
+            .unwrap();
+        let (p, tid, _) = recv_packet(&sock, SHORT).expect("ACK 0");
+        assert_eq!(p, Packet::Ack { block: 0 });
+        let blocks: Vec<&[u8]> = want
+            .chunks(512)
+            .chain(
+                // A size that is a multiple of 512 (or 0) ends with an empty block.
+                (size % 512 == 0).then_some(&[][..]),
+            )
+            .collect();
+        for (i, chunk) in blocks.iter().enumerate() {
+            let block = (i + 1) as u16;
+            sock.send_to(&data(block, chunk), tid).unwrap();
+            let (p, _, _) = recv_packet(&sock, SHORT).expect("ACK");
+            assert_eq!(p, Packet::Ack { block });
+        }
+        // No waiting: the ACK of the last block is only sent once the file
+        // is fsynced and renamed into place. (A fast local fsync cannot show
+        // an ACK that overtakes the commit; this catches a commit that is
+        // missing or publishes the wrong bytes.)
+        assert_eq!(std::fs::read(dir.join(&name)).unwrap(), want, "{name}");
+    }
+}

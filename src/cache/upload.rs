@@ -1,13 +1,13 @@
 //! Upload staging: a WRQ writes into an unnamed file (`O_TMPFILE`) in the
 //! target's directory, and only a complete, fsynced upload is linked and
-//! renamed over the target name. An interrupted upload leaves nothing
+//! renamed over the target name (then the directory is fsynced). An interrupted upload leaves nothing
 //! behind, not even after a crash. Where the file system lacks O_TMPFILE a
 //! named temporary file is used and removed on failure.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,6 +25,8 @@ pub struct Upload {
     temp_name: Option<CString>,
     written_bytes: u64,
     max_bytes: u64,
+    /// The file has its final name (nothing left to clean up).
+    published: bool,
 }
 
 #[derive(Debug)]
@@ -102,6 +104,7 @@ impl Upload {
             temp_name,
             written_bytes: 0,
             max_bytes,
+            published: false,
         })
     }
 
@@ -120,12 +123,36 @@ impl Upload {
         self.written_bytes
     }
 
-    /// fsync, then put the file in place under its name atomically.
-    pub fn commit(mut self) -> Result<(), UploadError> {
-        self.file.sync_all()?;
+    /// The staged file, to fsync before [`Upload::publish`].
+    pub fn file_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// The target's directory, to fsync after [`Upload::publish`] so the
+    /// new name is durable too.
+    pub fn dir_fd(&self) -> RawFd {
+        self.dir.as_raw_fd()
+    }
+
+    pub fn is_published(&self) -> bool {
+        self.published
+    }
+
+    /// Puts the staged file in place under its name, atomically replacing
+    /// any old file. The caller has fsynced [`Upload::file_fd`] first (the
+    /// shard does it through io_uring so no thread blocks on the disk).
+    pub fn publish(&mut self) -> Result<(), UploadError> {
+        if self.published {
+            return Ok(());
+        }
         let dir = self.dir.as_raw_fd();
         match self.temp_name.take() {
-            Some(temp) => rename(dir, &temp, &self.name)?,
+            Some(temp) => {
+                if let Err(e) = rename(dir, &temp, &self.name) {
+                    self.temp_name = Some(temp); // still ours to remove
+                    return Err(e.into());
+                }
+            }
             None => {
                 // Give the unnamed file a name, then rename it over the target.
                 let temp = temp_name_for(self.name.as_bytes());
@@ -151,9 +178,7 @@ impl Upload {
                 }
             }
         }
-        // Make the rename itself durable.
-        // SAFETY: valid descriptor.
-        unsafe { libc::fsync(dir) };
+        self.published = true;
         Ok(())
     }
 }

@@ -222,6 +222,7 @@ impl Shard {
             closing: false,
             gso: true,
             large_buffers,
+            committing: false,
             started: now,
             filename: request.filename.into(),
         });

@@ -138,7 +138,7 @@ impl Shard {
         }
         // Finished uploads only dally; their files are already in place.
         for index in 0..self.slots.len() as u32 {
-            if matches!(self.slots.get(index as usize), Some(Some(s)) if !s.closing && s.session.is_dallying())
+            if matches!(self.slots.get(index as usize), Some(Some(s)) if !s.closing && !s.committing && s.session.is_dallying())
             {
                 self.end_session(index, Some(Outcome::Complete));
             }

@@ -103,6 +103,8 @@ struct Slot {
     gso: bool,
     /// DATA may exceed a small receive buffer: receive from the large group.
     large_buffers: bool,
+    /// The upload's fsyncs are in flight; its final ACK waits for them.
+    committing: bool,
     started: Instant,
     filename: Box<[u8]>,
 }
@@ -265,6 +267,7 @@ impl Shard {
                 large,
             }) => self.on_transfer_recv(slot, generation, large, result, flags, now),
             Some(Tag::Send { send_slot }) => self.on_send_done(send_slot, result),
+            Some(Tag::Commit { slot, generation }) => self.on_commit_step(slot, generation, result),
             // A wake only ends the wait; the loop then sees the shutdown flag.
             Some(Tag::Cancel) | Some(Tag::Wake) | None => {}
         }

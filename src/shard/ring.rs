@@ -133,6 +133,11 @@ pub enum Tag {
     Send {
         send_slot: u32,
     },
+    /// An fsync of an upload's commit (file, then directory).
+    Commit {
+        slot: u32,
+        generation: u32,
+    },
     Cancel,
     /// The shutdown eventfd became readable.
     Wake,
@@ -160,6 +165,9 @@ impl Tag {
             Tag::Send { send_slot } => (3 << KIND_SHIFT) | u64::from(send_slot),
             Tag::Cancel => 4 << KIND_SHIFT,
             Tag::Wake => 5 << KIND_SHIFT,
+            Tag::Commit { slot, generation } => {
+                (6 << KIND_SHIFT) | ((u64::from(slot) & SLOT_MASK) << 32) | u64::from(generation)
+            }
         }
     }
 
@@ -175,6 +183,10 @@ impl Tag {
             3 => Some(Tag::Send { send_slot: low }),
             4 => Some(Tag::Cancel),
             5 => Some(Tag::Wake),
+            6 => Some(Tag::Commit {
+                slot: ((raw >> 32) & SLOT_MASK) as u32,
+                generation: low,
+            }),
             _ => None,
         }
     }
@@ -201,6 +213,10 @@ mod tests {
             Tag::Send { send_slot: 1023 },
             Tag::Cancel,
             Tag::Wake,
+            Tag::Commit {
+                slot: 0x7f_ffff,
+                generation: 7,
+            },
         ] {
             assert_eq!(Tag::decode(tag.encode()), Some(tag));
         }

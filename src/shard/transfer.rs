@@ -118,11 +118,87 @@ impl Shard {
         counters
             .duplicates_ignored
             .add(after.saturating_sub(before));
-        if let (Event::Store { last, .. }, Packet::Data { payload, .. }) = (event, packet)
-            && let Err((code, message)) = store_block(slot, payload, last, &mut self.decode_scratch)
-        {
-            slot.session.abort(code, message);
+        if let (Event::Store { last, .. }, Packet::Data { payload, .. }) = (event, packet) {
+            match store_block(slot, payload, last, &mut self.decode_scratch) {
+                Err((code, message)) => slot.session.abort(code, message),
+                Ok(()) if last => {
+                    self.start_commit(slot_index);
+                    return;
+                }
+                Ok(()) => {}
+            }
         }
+        self.pump(slot_index);
+    }
+
+    /// The last block of an upload is in: fsync the file through the ring
+    /// (no thread waits on the disk), and hold the final ACK until the file
+    /// is durable under its name. `on_commit_step` takes it from there.
+    fn start_commit(&mut self, slot_index: u32) {
+        let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
+            return;
+        };
+        let Store::Write {
+            upload: Some(up), ..
+        } = &slot.store
+        else {
+            return;
+        };
+        let sqe = opcode::Fsync::new(types::Fd(up.file_fd()))
+            .build()
+            .user_data(
+                Tag::Commit {
+                    slot: slot_index,
+                    generation: slot.generation,
+                }
+                .encode(),
+            );
+        slot.committing = true;
+        self.push(sqe);
+    }
+
+    /// A commit fsync completed: after the file's, publish the name and
+    /// fsync the directory; after the directory's, release the final ACK.
+    pub(super) fn on_commit_step(&mut self, slot_index: u32, generation: u32, result: i32) {
+        let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
+            return;
+        };
+        if slot.generation != generation || !slot.committing {
+            return;
+        }
+        let Store::Write { upload, .. } = &mut slot.store else {
+            return;
+        };
+        let step = match upload.as_mut() {
+            None => Err((ErrorCode::NotDefined, "Write failed")),
+            Some(_) if result < 0 => Err(disk_error(UploadError::from(
+                std::io::Error::from_raw_os_error(-result),
+            ))),
+            Some(up) if !up.is_published() => up.publish().map_err(disk_error).map(|()| {
+                Some(
+                    opcode::Fsync::new(types::Fd(up.dir_fd()))
+                        .build()
+                        .user_data(
+                            Tag::Commit {
+                                slot: slot_index,
+                                generation,
+                            }
+                            .encode(),
+                        ),
+                )
+            }),
+            Some(_) => Ok(None), // the directory is synced: done
+        };
+        match step {
+            Ok(Some(dir_sync)) => {
+                self.push(dir_sync);
+                return;
+            }
+            Ok(None) => {}
+            Err((code, message)) => slot.session.abort(code, message),
+        }
+        *upload = None; // an unpublished upload vanishes here
+        slot.committing = false;
         self.pump(slot_index);
     }
 
@@ -169,6 +245,11 @@ impl Shard {
     /// Turns everything the session wants sent into SQEs, then retires the
     /// session if it has ended.
     pub(super) fn pump(&mut self, slot_index: u32) {
+        // An upload being made durable keeps its final ACK (and its ending)
+        // until `on_commit_step` is done.
+        if matches!(self.slots.get(slot_index as usize), Some(Some(s)) if s.committing) {
+            return;
+        }
         for _ in 0..4 {
             let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
                 return;
@@ -330,7 +411,15 @@ fn duplicates(session: &ServerSession) -> u64 {
             .map_or(0, |r| r.counters().duplicate_blocks)
 }
 
-/// Writes an accepted DATA payload of an upload; commits on the last block.
+fn disk_error(e: UploadError) -> (ErrorCode, &'static str) {
+    match e {
+        UploadError::DiskFull => (ErrorCode::DiskFull, "Disk full or allocation exceeded"),
+        _ => (ErrorCode::NotDefined, "Write failed"),
+    }
+}
+
+/// Writes an accepted DATA payload of an upload (the page cache absorbs
+/// it; durability comes from the fsync at the end).
 fn store_block(
     slot: &mut Slot,
     payload: &[u8],
@@ -343,10 +432,6 @@ fn store_block(
     let Some(up) = upload.as_mut() else {
         return Ok(());
     };
-    let disk_error = |e: UploadError| match e {
-        UploadError::DiskFull => (ErrorCode::DiskFull, "Disk full or allocation exceeded"),
-        _ => (ErrorCode::NotDefined, "Write failed"),
-    };
     match netascii {
         Some(decoder) => {
             decoder.decode(payload, scratch);
@@ -357,9 +442,6 @@ fn store_block(
             }
         }
         None => up.write(payload).map_err(disk_error)?,
-    }
-    if last && let Some(up) = upload.take() {
-        up.commit().map_err(disk_error)?;
     }
     Ok(())
 }
