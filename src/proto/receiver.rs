@@ -318,14 +318,7 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TIMER: TimerConfig = TimerConfig {
-        retransmit_ms: 1000,
-        retries_max: 5,
-        backoff: true,
-        unverified_resends_max: Some(1),
-        unverified_quiet_waits: 2,
-    };
+    use crate::proto::transfer::TEST_TIMER as TIMER;
 
     #[test]
     fn a_finished_upload_stays_finished_when_the_peer_leaves() {

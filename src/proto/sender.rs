@@ -255,14 +255,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const TIMER: TimerConfig = TimerConfig {
-        retransmit_ms: 1000,
-        retries_max: 5,
-        backoff: true,
-        unverified_resends_max: Some(1),
-        unverified_quiet_waits: 2,
-    };
+    use crate::proto::transfer::TEST_TIMER as TIMER;
 
     #[test]
     fn unreachable_mid_transfer_fails_but_after_the_last_block_completes() {

@@ -201,17 +201,20 @@ impl RetransmitTimer {
     }
 }
 
+/// The server's default policy, for tests across the protocol core.
+#[cfg(test)]
+pub(crate) const TEST_TIMER: TimerConfig = TimerConfig {
+    retransmit_ms: 1000,
+    retries_max: 5,
+    backoff: true,
+    unverified_resends_max: Some(1),
+    unverified_quiet_waits: 2,
+};
+
 #[cfg(test)]
 mod tests {
+    use super::TEST_TIMER as CFG;
     use super::*;
-
-    const CFG: TimerConfig = TimerConfig {
-        retransmit_ms: 1000,
-        retries_max: 5,
-        backoff: true,
-        unverified_resends_max: Some(1),
-        unverified_quiet_waits: 2,
-    };
 
     #[test]
     fn tftpd_hpa_like_schedule_then_give_up() {

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::cqueue;
 
 use crate::cache::{PathRefusal, Source, Upload, UploadError, filemap};
 use crate::config::sizes;
@@ -15,7 +15,6 @@ use crate::proto::netascii;
 use crate::proto::server::ServerSession;
 use crate::proto::wire::{self, ErrorCode, Mode, Packet, Request, RequestKind};
 
-use super::ring::Tag;
 use super::{RECV_OVERHEAD_BYTES, Shard, Slot, Store, net};
 
 impl Shard {
@@ -101,21 +100,12 @@ impl Shard {
             self.setup.counters.send_pool_exhausted.inc();
             return;
         };
-        match self
+        let prepared = self
             .pool
             .prepare_control(send_slot, peer, source, None, |buf| {
                 wire::encode_error(buf, code, message)
-            }) {
-            Some(msg) => {
-                let sqe = opcode::SendMsg::new(types::Fd(fd), msg)
-                    .build()
-                    .user_data(Tag::Send { send_slot }.encode());
-                self.push_send(sqe);
-            }
-            None => {
-                self.pool.release(send_slot);
-            }
-        }
+            });
+        self.submit_send(fd, send_slot, prepared);
     }
 
     pub(super) fn admit(
