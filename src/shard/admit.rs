@@ -141,27 +141,17 @@ impl Shard {
         if self.draining_since.is_some() {
             return;
         }
-        if self.free_slots.is_empty() {
-            counters.sessions_refused_limit.inc();
-            self.refuse(
-                index,
-                peer,
-                local,
-                ErrorCode::NotDefined,
-                "Server busy, try again",
-            );
-            return;
-        }
         let from_client = self.per_client.get(&peer.ip()).copied().unwrap_or(0);
-        if from_client >= self.setup.sessions_per_client_max {
+        let over_limit = if self.free_slots.is_empty() {
+            Some("Server busy, try again")
+        } else if from_client >= self.setup.sessions_per_client_max {
+            Some("Too many transfers from this address")
+        } else {
+            None
+        };
+        if let Some(message) = over_limit {
             counters.sessions_refused_limit.inc();
-            self.refuse(
-                index,
-                peer,
-                local,
-                ErrorCode::NotDefined,
-                "Too many transfers from this address",
-            );
+            self.refuse(index, peer, local, ErrorCode::NotDefined, message);
             return;
         }
         let prepared = match request.kind {

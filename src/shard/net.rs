@@ -157,22 +157,12 @@ pub fn peer_port_unreachable(fd: &OwnedFd, peer: SocketAddr) -> bool {
 
 /// `ee_errno` of the IP_RECVERR / IPV6_RECVERR control message.
 fn extended_errno(control: &[u8]) -> Option<u32> {
-    let mut rest = control;
-    while rest.len() >= CMSG_HEADER_BYTES {
-        let len = usize::from_ne_bytes(rest.get(0..8)?.try_into().ok()?);
-        let level = i32::from_ne_bytes(rest.get(8..12)?.try_into().ok()?);
-        let kind = i32::from_ne_bytes(rest.get(12..16)?.try_into().ok()?);
-        let data = rest.get(CMSG_HEADER_BYTES..len)?;
-        if (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
+    let (_, _, data) = Cmsgs::new(control).find(|&(level, kind, _)| {
+        (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
             || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR)
-        {
-            // struct sock_extended_err starts with u32 ee_errno.
-            return Some(u32::from_ne_bytes(data.get(0..4)?.try_into().ok()?));
-        }
-        let step = len.checked_add(7)? & !7;
-        rest = rest.get(step.max(CMSG_HEADER_BYTES)..)?;
-    }
-    None
+    })?;
+    // struct sock_extended_err starts with u32 ee_errno.
+    Some(u32::from_ne_bytes(data.get(0..4)?.try_into().ok()?))
 }
 
 /// Parses a kernel `sockaddr_in`/`sockaddr_in6` from raw bytes.
@@ -218,15 +208,53 @@ pub fn write_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_storage) -> lib
 pub const PKTINFO_CONTROL_BYTES: usize = 64;
 const CMSG_HEADER_BYTES: usize = std::mem::size_of::<libc::cmsghdr>();
 
-/// The local (destination) address of a received datagram, from its
-/// IP_PKTINFO / IPV6_PKTINFO control message.
-pub fn parse_pktinfo(control: &[u8], port: u16) -> Option<SocketAddr> {
-    let mut rest = control;
-    while rest.len() >= CMSG_HEADER_BYTES {
+/// Walks the control messages of a received msghdr as (level, type, data),
+/// with every length checked against the buffer.
+struct Cmsgs<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Cmsgs<'a> {
+    fn new(control: &'a [u8]) -> Self {
+        Cmsgs { rest: control }
+    }
+}
+
+impl<'a> Iterator for Cmsgs<'a> {
+    type Item = (i32, i32, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.rest;
         let len = usize::from_ne_bytes(rest.get(0..8)?.try_into().ok()?);
         let level = i32::from_ne_bytes(rest.get(8..12)?.try_into().ok()?);
         let kind = i32::from_ne_bytes(rest.get(12..16)?.try_into().ok()?);
         let data = rest.get(CMSG_HEADER_BYTES..len)?;
+        // Messages are padded to 8 bytes; a zero length must still advance.
+        let step = len.checked_add(7)? & !7;
+        self.rest = rest.get(step.max(CMSG_HEADER_BYTES)..).unwrap_or(&[]);
+        Some((level, kind, data))
+    }
+}
+
+/// Writes one control message into `out`; returns its padded length, or 0
+/// if it does not fit.
+fn write_cmsg(out: &mut [u8; PKTINFO_CONTROL_BYTES], level: i32, kind: i32, data: &[u8]) -> usize {
+    out.fill(0);
+    let len = CMSG_HEADER_BYTES + data.len();
+    let Some(body) = out.get_mut(CMSG_HEADER_BYTES..len) else {
+        return 0;
+    };
+    body.copy_from_slice(data);
+    out[0..8].copy_from_slice(&len.to_ne_bytes());
+    out[8..12].copy_from_slice(&level.to_ne_bytes());
+    out[12..16].copy_from_slice(&kind.to_ne_bytes());
+    (len + 7) & !7
+}
+
+/// The local (destination) address of a received datagram, from its
+/// IP_PKTINFO / IPV6_PKTINFO control message.
+pub fn parse_pktinfo(control: &[u8], port: u16) -> Option<SocketAddr> {
+    for (level, kind, data) in Cmsgs::new(control) {
         if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
             // struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
             let ip: [u8; 4] = data.get(4..8)?.try_into().ok()?;
@@ -244,8 +272,6 @@ pub fn parse_pktinfo(control: &[u8], port: u16) -> Option<SocketAddr> {
             };
             return Some(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope)));
         }
-        let step = len.checked_add(7)? & !7;
-        rest = rest.get(step.max(CMSG_HEADER_BYTES)..)?;
     }
     None
 }
@@ -257,26 +283,18 @@ fn is_unicast_link_local(ip: &Ipv6Addr) -> bool {
 /// Writes a control message that sets the source address of a send on a
 /// wildcard-bound socket; returns its length (0 if none is needed).
 pub fn write_pktinfo(local: IpAddr, out: &mut [u8; PKTINFO_CONTROL_BYTES]) -> usize {
-    out.fill(0);
     match local {
         IpAddr::V4(ip) if !ip.is_unspecified() => {
-            let data_len = std::mem::size_of::<libc::in_pktinfo>();
-            let len = CMSG_HEADER_BYTES + data_len;
-            out[0..8].copy_from_slice(&len.to_ne_bytes());
-            out[8..12].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
-            out[12..16].copy_from_slice(&libc::IP_PKTINFO.to_ne_bytes());
-            // ipi_spec_dst chooses the source address.
-            out[20..24].copy_from_slice(&ip.octets());
-            (len + 7) & !7
+            // in_pktinfo: ipi_spec_dst (bytes 4..8) chooses the source address.
+            let mut data = [0u8; std::mem::size_of::<libc::in_pktinfo>()];
+            data[4..8].copy_from_slice(&ip.octets());
+            write_cmsg(out, libc::IPPROTO_IP, libc::IP_PKTINFO, &data)
         }
         IpAddr::V6(ip) if !ip.is_unspecified() => {
-            let data_len = std::mem::size_of::<libc::in6_pktinfo>();
-            let len = CMSG_HEADER_BYTES + data_len;
-            out[0..8].copy_from_slice(&len.to_ne_bytes());
-            out[8..12].copy_from_slice(&libc::IPPROTO_IPV6.to_ne_bytes());
-            out[12..16].copy_from_slice(&libc::IPV6_PKTINFO.to_ne_bytes());
-            out[16..32].copy_from_slice(&ip.octets());
-            (len + 7) & !7
+            // in6_pktinfo: the address, then ifindex 0 (any interface).
+            let mut data = [0u8; std::mem::size_of::<libc::in6_pktinfo>()];
+            data[0..16].copy_from_slice(&ip.octets());
+            write_cmsg(out, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &data)
         }
         _ => 0,
     }
@@ -284,13 +302,12 @@ pub fn write_pktinfo(local: IpAddr, out: &mut [u8; PKTINFO_CONTROL_BYTES]) -> us
 
 /// Writes a UDP_SEGMENT (GSO) control message; returns its length.
 pub fn write_gso(segment_bytes: u16, out: &mut [u8; PKTINFO_CONTROL_BYTES]) -> usize {
-    out.fill(0);
-    let len = CMSG_HEADER_BYTES + std::mem::size_of::<u16>();
-    out[0..8].copy_from_slice(&len.to_ne_bytes());
-    out[8..12].copy_from_slice(&libc::SOL_UDP.to_ne_bytes());
-    out[12..16].copy_from_slice(&libc::UDP_SEGMENT.to_ne_bytes());
-    out[16..18].copy_from_slice(&segment_bytes.to_ne_bytes());
-    (len + 7) & !7
+    write_cmsg(
+        out,
+        libc::SOL_UDP,
+        libc::UDP_SEGMENT,
+        &segment_bytes.to_ne_bytes(),
+    )
 }
 
 #[cfg(test)]
@@ -328,5 +345,30 @@ mod tests {
         assert_eq!(parse_pktinfo(&[0xff; 40], 69), None);
         assert_eq!(parse_pktinfo(&[0; 40], 69), None);
         assert_eq!(parse_pktinfo(&[], 69), None);
+    }
+
+    #[test]
+    fn cmsgs_walk_past_the_first_message() {
+        let mut first = [0u8; PKTINFO_CONTROL_BYTES];
+        let n = write_pktinfo("10.0.0.1".parse().unwrap(), &mut first);
+        let mut second = [0u8; PKTINFO_CONTROL_BYTES];
+        let errno = (libc::ECONNREFUSED as u32).to_ne_bytes();
+        let m = write_cmsg(&mut second, libc::IPPROTO_IP, libc::IP_RECVERR, &errno);
+        let mut both = first[..n].to_vec();
+        both.extend_from_slice(&second[..m]);
+        assert_eq!(extended_errno(&both), Some(libc::ECONNREFUSED as u32));
+        assert_eq!(
+            parse_pktinfo(&both, 69),
+            Some("10.0.0.1:69".parse().unwrap())
+        );
+        assert_eq!(extended_errno(&both[..n]), None);
+
+        let mut gso = [0u8; PKTINFO_CONTROL_BYTES];
+        let g = write_gso(1472, &mut gso);
+        let (level, kind, data) = Cmsgs::new(&gso[..g]).next().unwrap();
+        assert_eq!(
+            (level, kind, data),
+            (libc::SOL_UDP, libc::UDP_SEGMENT, &1472u16.to_ne_bytes()[..])
+        );
     }
 }
