@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::proto::options::NegotiationLimits;
+use crate::proto::options::{NegotiationLimits, WINDOWSIZE_MAX};
 use crate::proto::server::ServerConfig;
 use crate::proto::transfer::TimerConfig;
 use crate::proto::wire::{BLKSIZE_MAX, BLKSIZE_MIN};
@@ -49,8 +49,9 @@ pub struct Args {
     #[arg(long, default_value_t = BLKSIZE_MAX, value_parser = clap::value_parser!(u16).range(i64::from(BLKSIZE_MIN)..=i64::from(BLKSIZE_MAX)))]
     pub blksize_max: u16,
 
-    /// Largest windowsize granted (RFC 7440).
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Largest windowsize granted (RFC 7440), at most 32768 (16-bit block
+    /// numbers cannot tell a larger window's ACKs apart).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=i64::from(WINDOWSIZE_MAX)))]
     pub windowsize_max: u16,
 
     /// First retransmit timeout in milliseconds; doubles on each retry
@@ -63,7 +64,8 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub retries: u32,
 
-    /// Concurrent transfers, all shards together.
+    /// Concurrent transfers, all shards together (lowered at start, with a
+    /// warning, if RLIMIT_NOFILE or RLIMIT_MEMLOCK cannot hold them).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_sessions: u32,
 
@@ -93,19 +95,14 @@ pub struct Args {
     pub verbose: u8,
 }
 
-/// Sizes that are fixed at compile time, named.
+/// Sizes that are fixed at compile time, named. Ring, buffer and send-pool
+/// sizes are in [`crate::uring::sizes`].
 pub mod sizes {
-    /// Send operations in flight per shard.
-    pub const SEND_SLOTS_PER_SHARD: usize = 1024;
-    /// Provided receive buffers for ACKs and requests, per shard.
-    pub const SMALL_BUFFERS: u16 = 1024;
-    pub const SMALL_BUFFER_BYTES: usize = 2048;
-    /// Provided receive buffers big enough for any DATA (uploads), per shard.
-    pub const LARGE_BUFFERS: u16 = 64;
     /// Mapped files kept in the shared cache.
     pub const CACHE_ENTRIES_MAX: usize = 4096;
-    /// Completions handled per loop turn before timers are looked at.
-    pub const COMPLETIONS_PER_TURN: usize = 512;
+    /// Descriptors kept back from RLIMIT_NOFILE for everything but transfer
+    /// sockets (service sockets, uploads' files, the cache's opens, std).
+    pub const DESCRIPTORS_RESERVED: u64 = 64;
 }
 
 impl Args {

@@ -1,18 +1,23 @@
 //! `uftpd [OPTIONS] ROOT`: checks the configuration, binds the service
 //! sockets, starts one pinned shard per core, and waits for a signal.
 
+#![deny(unsafe_code)]
+
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use clap::Parser;
 
 use uftpd::cache::{FileCache, Root};
 use uftpd::config::{Args, sizes};
-use uftpd::shard::{self, Shard, ShardSetup, net};
+use uftpd::shard::{self, Shard, ShardSetup};
 use uftpd::stats::{ShardCounters, Snapshot};
+use uftpd::sys::net;
+use uftpd::sys::process::{self, EventFd, SignalSet};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -37,25 +42,37 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
 
-    let ring_sizes = shard::choose_ring_sizes(shards)?;
-    // Fail early, on the main thread, with the reason io_uring is missing.
-    drop(io_uring::IoUring::new(4).map_err(|e| shard::describe_ring_error(&e))?);
+    // No probe ring here: one created and dropped now would still hold its
+    // locked memory (freed asynchronously) when the shards build theirs.
+    // A shard that cannot build its ring says why, in one line.
     let sockets = bind_all(&args.listen_addrs(), shards)?;
-    let per_shard_sessions = (args.max_sessions as usize).div_ceil(shards);
+    let services = sockets.first().map_or(0, |s| s.len());
+    let per_shard_sessions = sessions_per_shard(&args, shards)?;
+    let plan = shard::plan(shards, per_shard_sessions, services)?;
+    if plan.reduced || plan.sessions_per_shard < per_shard_sessions {
+        let limit = process::memlock_limit()
+            .ok()
+            .and_then(|l| l.soft)
+            .map_or("unlimited".to_string(), |b| format!("{} KiB", b / 1024));
+        eprintln!(
+            "uftpd: warning: RLIMIT_MEMLOCK is {limit}, too little for full-size rings with \
+             {per_shard_sessions} sessions per shard; running with {} and at most {} sessions \
+             per shard (raise the limit, see tuning.md)",
+            if plan.reduced {
+                "reduced batching"
+            } else {
+                "full batching"
+            },
+            plan.sessions_per_shard
+        );
+    }
     let cache = Arc::new(FileCache::new(sizes::CACHE_ENTRIES_MAX));
     let root = Arc::new(root);
     let shutdown = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    // Shard threads inherit this mask, so only `wait_for_signal` sees them.
-    let signals = block_shutdown_signals();
-    // SAFETY: plain syscall; the result is checked.
-    let wake_raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
-    if wake_raw < 0 {
-        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: a descriptor the kernel just gave us; owned here, and the
-    // shards that read it are joined before it is dropped.
-    let wake = unsafe { OwnedFd::from_raw_fd(wake_raw) };
+    // Shard threads inherit this mask, so only the main thread takes them.
+    let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM]);
+    let wake = EventFd::new().map_err(|e| format!("eventfd: {e}"))?;
     let mut threads = Vec::with_capacity(shards);
     let mut all_counters: Vec<Arc<ShardCounters>> = Vec::with_capacity(shards);
     let mut bound: Vec<SocketAddr> = Vec::new();
@@ -73,14 +90,14 @@ fn run(args: Args) -> Result<(), String> {
             counters,
             shutdown: Arc::clone(&shutdown),
             server: args.server_config(),
-            sessions_max: per_shard_sessions,
+            sessions_max: plan.sessions_per_shard,
             sessions_per_client_max: args.max_sessions_per_client,
             allow_create: args.create,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,
             verbose: args.verbose,
-            ring_sizes,
-            wake_fd: wake.as_raw_fd(),
+            ring_sizes: plan.sizes,
+            wake: wake.try_clone().map_err(|e| format!("eventfd: {e}"))?,
         };
         let core = cpus.get(index % cpus.len().max(1)).copied();
         let ready = ready_tx.clone();
@@ -129,7 +146,7 @@ fn run(args: Args) -> Result<(), String> {
     // tell the shards.
     let mut result = Ok(());
     loop {
-        if wait_for_signal(&signals, 1) {
+        if signals.wait(Duration::from_secs(1)).is_some() {
             break;
         }
         if threads.iter().any(|t| t.is_finished()) {
@@ -207,31 +224,33 @@ fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
     }
 }
 
-fn block_shutdown_signals() -> libc::sigset_t {
-    // SAFETY: sigset operations on a local set; pthread_sigmask on ourselves.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    }
-}
-
-/// True if SIGINT or SIGTERM arrived within `seconds`.
-fn wait_for_signal(set: &libc::sigset_t, seconds: i64) -> bool {
-    let timeout = libc::timespec {
-        tv_sec: seconds,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid set and timeout; no siginfo wanted.
-    unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) > 0 }
-}
-
 /// Wakes every shard's armed eventfd read (semaphore mode: one each).
-fn wake_shards(wake: &OwnedFd, shards: usize) {
-    let count = shards as u64;
-    // SAFETY: writing 8 bytes from a local u64 to an eventfd.
-    unsafe { libc::write(wake.as_raw_fd(), (&count as *const u64).cast(), 8) };
+fn wake_shards(wake: &EventFd, shards: usize) {
+    let _ = wake.notify(shards as u64);
+}
+
+/// `--max-sessions` split over the shards, within what RLIMIT_NOFILE allows:
+/// every session holds a socket, and a ring's fixed-file table may not be
+/// larger than the limit. The soft limit is raised to the hard one first.
+fn sessions_per_shard(args: &Args, shards: usize) -> Result<usize, String> {
+    let wanted = (args.max_sessions as usize).div_ceil(shards);
+    let nofile = process::raise_nofile_to_hard().unwrap_or(1024);
+    let for_sessions = nofile.saturating_sub(sizes::DESCRIPTORS_RESERVED) / shards as u64;
+    // Table slots, services and the wake descriptor must fit one table.
+    let mut fit = wanted;
+    while fit > shard::SESSIONS_MIN
+        && (shard::capacity_for(fit) as u64 > for_sessions
+            || u64::from(shard::owners_for(fit, 1)) > nofile)
+    {
+        fit -= (fit / 8).max(1);
+    }
+    if fit < wanted {
+        eprintln!(
+            "uftpd: warning: RLIMIT_NOFILE is {nofile}: serving at most {} sessions (not {}); \
+             raise it (LimitNOFILE= in the systemd unit) for more",
+            fit * shards,
+            args.max_sessions
+        );
+    }
+    Ok(fit.max(1))
 }

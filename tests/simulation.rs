@@ -20,10 +20,11 @@
 //! DATA in response to a duplicate ACK (Sorcerer's Apprentice, RFC 1123
 //! 4.2.3.1), that the receiver delivers every block once and in order, and
 //! that a session which has reported its outcome stays silent (packets keep
-//! being delivered to finished sessions; the one tolerated, counted exception
-//! is a receiver re-ACKing a repeated final block after its dally, see
-//! `SideStats::reacks_after_dally`). The send-count figures (DATA datagrams
-//! per block, by trigger) print with `-- --nocapture`.
+//! being delivered to finished sessions). The server side is admitted as a
+//! shard admits it: every copy of the client's request goes through the
+//! shard's `Endpoint`, and an upload's final ACK waits for a simulated commit
+//! (`Scenario::commit_ms`). The send-count figures (DATA datagrams per block,
+//! by trigger) print with `-- --nocapture`.
 //!
 //! Replay: every failure message names the scenario and the seed. Setting
 //! `UFTPD_SIM_TRACE=1` prints every event of every run of the test(s) you
@@ -35,8 +36,10 @@ use std::time::{Duration, Instant};
 
 use uftpd::proto::block;
 use uftpd::proto::client::{ClientEvent, ClientSession};
+use uftpd::proto::endpoint::{Decision, Endpoint, EndpointConfig, Ignored};
 use uftpd::proto::options::NegotiationLimits;
 use uftpd::proto::server::{Event, ServerConfig, ServerSession};
+use uftpd::proto::sessions::{SessionId, Sessions};
 use uftpd::proto::transfer::{Outcome, TimerConfig, Transmit};
 use uftpd::proto::wire::{self, ErrorCode, Mode, OptionValues, Packet, RequestKind};
 
@@ -181,9 +184,17 @@ enum Trigger {
     DuplicateRequest = 4,
     /// Any other packet (DATA to the receiver, ERROR, an out-of-range ACK...).
     OtherPacket = 5,
+    /// An upload's commit completed (the final ACK may go).
+    Commit = 6,
 }
 
-const TRIGGERS: usize = 6;
+const TRIGGERS: usize = 7;
+
+/// The client's address and port, as the server's endpoint sees it.
+const CLIENT_PEER: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::new(192, 0, 2, 1),
+    2000,
+));
 
 /// A scripted fault, applied before the random ones: return true to drop.
 type Script = Box<dyn FnMut(Dir, &Packet<'_>) -> bool>;
@@ -226,6 +237,8 @@ struct Scenario {
     script: Option<Script>,
     /// The UEFI probe: answer the server's OACK with ERROR 8.
     abort_client_on_oack: bool,
+    /// How long an upload's commit (fsyncs and rename) takes at the server.
+    commit_ms: u64,
     virtual_time_max: Duration,
 }
 
@@ -250,8 +263,14 @@ impl Scenario {
             client_dally_ms: 10_000,
             script: None,
             abort_client_on_oack: false,
+            commit_ms: 0,
             virtual_time_max: Duration::from_secs(3600),
         }
+    }
+
+    fn commit_ms(mut self, ms: u64) -> Scenario {
+        self.commit_ms = ms;
+        self
     }
 
     /// Both sides get `retries` timeouts in a row before giving up.
@@ -339,10 +358,8 @@ struct SideStats {
     errors: u64,
     requests: u64,
     /// Datagrams emitted by an event that reached the session after it had
-    /// already reported its outcome (must stay 0)...
+    /// already reported its outcome (must stay 0).
     after_outcome: u64,
-    /// ...except this: a finished receiver re-ACKing a repeated final block.
-    reacks_after_dally: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -366,6 +383,9 @@ struct Report {
     /// The server session got a packet other than a request from the peer
     /// before it reported its outcome.
     server_heard_peer: bool,
+    /// Request copies ignored as stale, and ones that came after the end.
+    stale_requests: u64,
+    late_requests: u64,
     /// The tsize the client read from the server's OACK.
     announced_size: Option<u64>,
     source: Vec<u8>,
@@ -458,7 +478,19 @@ struct Sim {
     seq: u64,
 
     client: ClientSession<'static>,
-    server: Option<ServerSession>,
+    /// The server's sessions table and admission policy, as a shard has
+    /// them; the harness serves one session of one client.
+    sessions: Sessions<()>,
+    endpoint: Endpoint,
+    server_id: Option<SessionId>,
+    /// Request copies the endpoint ignored as stale, and ones that arrived
+    /// after the session ended (a shard would start a new session for
+    /// them, which the client, having moved on, never answers).
+    stale_requests: u64,
+    late_requests: u64,
+    commit_ms: u64,
+    /// When the upload's commit completes (µs).
+    commit_due_us: Option<u64>,
 
     source: Vec<u8>,
     received: Vec<u8>,
@@ -483,6 +515,27 @@ struct Sim {
 }
 
 impl Sim {
+    fn server(&self) -> Option<&ServerSession> {
+        self.server_id
+            .and_then(|id| self.sessions.get(id))
+            .map(|e| &e.session)
+    }
+
+    fn server_mut(&mut self) -> Option<&mut ServerSession> {
+        let id = self.server_id?;
+        self.sessions.get_mut(id).map(|e| &mut e.session)
+    }
+
+    /// Like a shard, take a session that reported its outcome out of the
+    /// endpoint's index (the harness keeps it, to check it stays inert).
+    fn retire_finished_server(&mut self) {
+        if let Some(id) = self.server_id
+            && let Some(outcome) = self.server().and_then(|s| s.outcome())
+        {
+            self.sessions.retire(id, outcome);
+        }
+    }
+
     fn now(&self) -> Instant {
         self.base + Duration::from_micros(self.now_us)
     }
@@ -510,14 +563,14 @@ impl Sim {
 
     fn blksize_of(&self, side: Side) -> u16 {
         match side {
-            Side::Server => self.server.as_ref().unwrap().negotiated().blksize,
+            Side::Server => self.server().unwrap().negotiated().blksize,
             Side::Client => self.client.blksize(),
         }
     }
 
     fn outcome_of(&self, side: Side) -> Option<Outcome> {
         match side {
-            Side::Server => self.server.as_ref().and_then(|s| s.outcome()),
+            Side::Server => self.server().and_then(|s| s.outcome()),
             Side::Client => self.client.outcome(),
         }
     }
@@ -569,7 +622,7 @@ impl Sim {
     fn flush(&mut self, side: Side, trigger: Trigger, before: Option<Outcome>) {
         loop {
             let transmit = match side {
-                Side::Server => self.server.as_mut().unwrap().poll_transmit(),
+                Side::Server => self.server_mut().unwrap().poll_transmit(),
                 Side::Client => self.client.poll_transmit(),
             };
             let Some(transmit) = transmit else { break };
@@ -590,13 +643,7 @@ impl Sim {
             }
             let st = &mut self.stats[side as usize];
             st.datagrams += 1;
-            if before == Some(Outcome::Complete) && final_ack {
-                // Known wart: Receiver::handle_data tests `final_index` before
-                // `outcome`, so a receiver whose dally is over still re-ACKs
-                // a repeated final block. Harmless (the shard retires a
-                // session as soon as it has an outcome); counted, not failed.
-                st.reacks_after_dally += 1;
-            } else if before.is_some() {
+            if before.is_some() {
                 st.after_outcome += 1;
             }
             match transmit {
@@ -608,11 +655,7 @@ impl Sim {
             }
             let mut buf = [0u8; 512];
             let n = match side {
-                Side::Server => self
-                    .server
-                    .as_ref()
-                    .unwrap()
-                    .encode_control(transmit, &mut buf),
+                Side::Server => self.server().unwrap().encode_control(transmit, &mut buf),
                 Side::Client => self.client.encode_control(transmit, &mut buf),
             }
             .unwrap_or_else(|| panic!("{}: {side:?} cannot encode {transmit:?}", self.ctx));
@@ -755,59 +798,96 @@ impl Sim {
         self.trace(format_args!("{dir:?} <- {}", show(&packet)));
         let now = self.now();
         match dir {
-            Dir::ToServer => self.deliver_to_server(&packet, now),
+            Dir::ToServer => self.deliver_to_server(&packet, &bytes, now),
             Dir::ToClient => self.deliver_to_client(&packet, now),
         }
     }
 
-    /// The harness's "server endpoint": the first request creates the
-    /// session, repeats of it go to `handle_duplicate_request`.
-    fn deliver_to_server(&mut self, packet: &Packet<'_>, now: Instant) {
+    /// Requests go through the shard's admission policy (the `Endpoint`),
+    /// and the harness carries out its decision as a shard does: the first
+    /// request creates the session, a repeat while it waits for its peer is
+    /// passed to it, a stale copy is ignored. A running session replaced by
+    /// a copy of its own request would break the transfer: that fails.
+    fn deliver_to_server(&mut self, packet: &Packet<'_>, bytes: &[u8], now: Instant) {
         if let Packet::Request(request) = packet {
             assert_eq!(request.kind, self.kind, "{}", self.ctx);
-            if let Some(s) = self.server.as_mut() {
-                let before = s.outcome();
-                let verified = s.is_verified();
-                s.handle_duplicate_request();
-                let emitted = self.stats[Side::Server as usize].datagrams;
-                self.flush(Side::Server, Trigger::DuplicateRequest, before);
-                if verified {
-                    assert_eq!(
-                        emitted,
-                        self.stats[Side::Server as usize].datagrams,
-                        "{}: a repeated request drew a reply after the peer was verified",
+            let decision = self
+                .endpoint
+                .decide(&self.sessions, CLIENT_PEER, bytes, false, now);
+            match decision {
+                Decision::Accept(request) if self.server_id.is_none() => {
+                    let config = self.server_config;
+                    let session = match request.kind {
+                        RequestKind::Read => ServerSession::read(
+                            &request,
+                            self.source.len() as u64,
+                            true,
+                            &config,
+                            now,
+                        ),
+                        RequestKind::Write => ServerSession::write(&request, &config, now),
+                    }
+                    .unwrap_or_else(|r| panic!("{}: request refused: {r:?}", self.ctx));
+                    let id = self
+                        .sessions
+                        .insert(CLIENT_PEER, bytes, session, (), now)
+                        .unwrap_or_else(|_| panic!("{}: no room for the session", self.ctx));
+                    self.server_id = Some(id);
+                    self.flush(Side::Server, Trigger::Start, None);
+                }
+                Decision::Accept(_) => {
+                    assert!(
+                        self.server().and_then(|s| s.outcome()).is_some(),
+                        "{}: a second session while the first runs",
                         self.ctx
                     );
+                    self.late_requests += 1;
                 }
-                return;
-            }
-            let config = self.server_config;
-            let session = match request.kind {
-                RequestKind::Read => {
-                    ServerSession::read(request, self.source.len() as u64, true, &config, now)
+                Decision::Repeat(id) => {
+                    assert_eq!(Some(id), self.server_id, "{}", self.ctx);
+                    let s = self.server_mut().unwrap();
+                    assert!(
+                        !s.is_verified(),
+                        "{}: Repeat for a verified session",
+                        self.ctx
+                    );
+                    let before = s.outcome();
+                    s.handle_duplicate_request();
+                    self.flush(Side::Server, Trigger::DuplicateRequest, before);
                 }
-                RequestKind::Write => ServerSession::write(request, &config, now),
+                Decision::Ignore(Ignored::StaleRepeat) => self.stale_requests += 1,
+                other => panic!(
+                    "{}: t={} µs: the endpoint decided {other:?} for a copy of the client's \
+                     request (a stale repeat must never replace a running session)",
+                    self.ctx, self.now_us
+                ),
             }
-            .unwrap_or_else(|r| panic!("{}: request refused: {r:?}", self.ctx));
-            self.server = Some(session);
-            self.flush(Side::Server, Trigger::Start, None);
             return;
         }
         // Only a reply from the server gives the client our TID.
         assert!(
-            self.server.is_some(),
+            self.server_id.is_some(),
             "{}: packet for a server with no session",
             self.ctx
         );
         let trigger = self.classify(Side::Server, packet);
-        let s = self.server.as_mut().unwrap();
-        let before = s.outcome();
+        let before = self.server().unwrap().outcome();
         self.server_heard_peer |= before.is_none();
-        if let Event::Store { index, last } = s.handle(packet, now) {
+        let event = self.server_mut().unwrap().handle(packet, now);
+        if let Event::Store { index, last } = event {
             let Packet::Data { payload, .. } = packet else {
                 panic!("{}: Store for a non-DATA packet", self.ctx)
             };
             self.store(Side::Server, index, last, payload);
+            if last {
+                // The shard fsyncs and renames now; the final ACK waits.
+                assert!(
+                    self.commit_due_us.is_none(),
+                    "{}: a second commit",
+                    self.ctx
+                );
+                self.commit_due_us = Some(self.now_us + self.commit_ms * 1000);
+            }
         }
         self.flush(Side::Server, trigger, before);
     }
@@ -882,7 +962,17 @@ fn run(mut sc: Scenario) -> Report {
         queue: BinaryHeap::new(),
         seq: 0,
         client,
-        server: None,
+        sessions: Sessions::new(2),
+        endpoint: Endpoint::new(EndpointConfig {
+            sessions_max: 1,
+            sessions_per_client_max: 1,
+            restart_after_silence_ms: sc.server.timer.retransmit_ms,
+        }),
+        server_id: None,
+        stale_requests: 0,
+        late_requests: 0,
+        commit_ms: sc.commit_ms,
+        commit_due_us: None,
         source,
         received: Vec::new(),
         next_index: 1,
@@ -908,29 +998,40 @@ fn run(mut sc: Scenario) -> Report {
         assert!(steps <= STEPS_MAX, "{ctx}: more than {STEPS_MAX} steps");
         let t_packet = sim.queue.peek().map(|Reverse((at, ..))| *at);
         let t_server = sim
-            .server
-            .as_ref()
+            .server()
             .and_then(|s| s.poll_timeout())
             .map(|t| sim.us_of(t));
         let t_client = sim.client.poll_timeout().map(|t| sim.us_of(t));
-        let Some(next) = [t_packet, t_server, t_client].into_iter().flatten().min() else {
+        let t_commit = sim.commit_due_us;
+        let Some(next) = [t_commit, t_packet, t_server, t_client]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
             break; // quiescent
         };
         assert!(
             next <= max_us,
             "{ctx}: virtual time bound {:?} exceeded (server {:?}, client {:?})",
             sc.virtual_time_max,
-            sim.server.as_ref().and_then(|s| s.outcome()),
+            sim.server().and_then(|s| s.outcome()),
             sim.client.outcome()
         );
         sim.now_us = sim.now_us.max(next);
         let now = sim.now();
-        if t_packet == Some(next) {
+        if t_commit == Some(next) {
+            sim.trace(format_args!("Server commit done"));
+            sim.commit_due_us = None;
+            let s = sim.server_mut().unwrap();
+            let before = s.outcome();
+            s.commit_done(now);
+            sim.flush(Side::Server, Trigger::Commit, before);
+        } else if t_packet == Some(next) {
             let Reverse((_, _, dir, bytes)) = sim.queue.pop().unwrap();
             sim.deliver(dir, bytes);
         } else if t_server == Some(next) {
             sim.trace(format_args!("Server timeout"));
-            let s = sim.server.as_mut().unwrap();
+            let s = sim.server_mut().unwrap();
             let before = s.outcome();
             s.handle_timeout(now);
             sim.flush(Side::Server, Trigger::Timeout, before);
@@ -941,9 +1042,10 @@ fn run(mut sc: Scenario) -> Report {
             sim.flush(Side::Client, Trigger::Timeout, before);
         }
         sim.note_outcomes();
+        sim.retire_finished_server();
     }
 
-    let sender_blksize = if sim.server.is_some() || sc.kind == RequestKind::Write {
+    let sender_blksize = if sim.server_id.is_some() || sc.kind == RequestKind::Write {
         match sc.kind {
             RequestKind::Read => sim.blksize_of(Side::Server),
             RequestKind::Write => sim.blksize_of(Side::Client),
@@ -954,7 +1056,9 @@ fn run(mut sc: Scenario) -> Report {
     let report = Report {
         ctx,
         kind: sc.kind,
-        server_created: sim.server.is_some(),
+        server_created: sim.server_id.is_some(),
+        stale_requests: sim.stale_requests,
+        late_requests: sim.late_requests,
         server_outcome: sim.outcome_of(Side::Server),
         client_outcome: sim.outcome_of(Side::Client),
         outcome_at_us: sim.outcome_at_us,
@@ -1061,7 +1165,8 @@ struct Totals {
     by_trigger: [u64; TRIGGERS],
     resent: u64,
     unconfirmed: u64,
-    reacks_after_dally: u64,
+    stale_requests: u64,
+    late_requests: u64,
     virtual_us: u64,
 }
 
@@ -1075,7 +1180,8 @@ impl Totals {
         }
         self.resent += r.data_resent;
         self.unconfirmed += u64::from(r.sender_outcome() == Some(Outcome::CompleteUnconfirmed));
-        self.reacks_after_dally += r.stats.iter().map(|s| s.reacks_after_dally).sum::<u64>();
+        self.stale_requests += r.stale_requests;
+        self.late_requests += r.late_requests;
         self.virtual_us += r.end_us;
     }
 
@@ -1083,8 +1189,8 @@ impl Totals {
         eprintln!(
             "{label}: {} runs, DATA datagrams sent {} / blocks {} = {:.3} \
              (start {}, new ACK {}, duplicate ACK {}, timeout {}, repeated request {}, other {}; \
-             resent {}), sender CompleteUnconfirmed {}, re-ACKs after the dally {}, \
-             virtual time {:.1} s",
+             resent {}), sender CompleteUnconfirmed {}, stale request copies ignored {}, \
+             request copies after the end {}, virtual time {:.1} s",
             self.runs,
             self.data_sent,
             self.blocks,
@@ -1097,7 +1203,8 @@ impl Totals {
             self.by_trigger[5],
             self.resent,
             self.unconfirmed,
-            self.reacks_after_dally,
+            self.stale_requests,
+            self.late_requests,
             self.virtual_us as f64 / 1e6
         );
     }
@@ -1572,6 +1679,62 @@ fn wrq_dally_reacks_a_repeated_final_block() {
             // The re-ACKs came from the dally, which then ran its course.
             let client_done = r.outcome_at_us[Side::Client as usize].unwrap();
             assert!(client_done < r.server_outcome_at_us(), "{ctx}");
+        }
+    }
+}
+
+/// A commit (fsyncs and rename) that takes longer than the dally: the final
+/// ACK waits for it, and the dally is timed from that ACK, so when the ACK
+/// is lost the client's repeat of the last block is still answered. (Timed
+/// from the last DATA, the dally would be over before the commit finished,
+/// and the one final ACK lost would fail a client whose file is in place.)
+#[test]
+fn wrq_commit_longer_than_the_dally_still_dallies() {
+    let config = server_config();
+    // 12 s: the client (1 s, doubling) repeats the last block at 15 s, inside
+    // a dally of 12..22 s; a dally timed from the last DATA ended at 10 s.
+    let commit_ms = config.dally_ms + 2_000;
+    for (options, blksize) in [(plain(), 512u16), (opts(1428, 8), 1428)] {
+        for size in [0usize, 513, 20_000] {
+            let last_wire = block::wire(block::last_index(size as u64, blksize));
+            let mut dropped = false;
+            let first_final_ack: Script = Box::new(move |dir, packet| {
+                let hit = dir == Dir::ToClient
+                    && matches!(packet, Packet::Ack { block } if *block == last_wire)
+                    && !dropped;
+                dropped |= hit;
+                hit
+            });
+            let r = run(Scenario::new(
+                "wrq slow commit",
+                1,
+                RequestKind::Write,
+                size,
+                options,
+                CLEAN,
+            )
+            .script(first_final_ack)
+            .commit_ms(commit_ms));
+            assert_transfer_ok(&r);
+            let ctx = &r.ctx;
+            assert_eq!(
+                r.client_outcome,
+                Some(Outcome::Complete),
+                "{ctx}\n{}",
+                r.summary()
+            );
+            assert_eq!(
+                r.final_acks_sent,
+                2,
+                "{ctx}: one lost, one re-ACK\n{}",
+                r.summary()
+            );
+            // The server ended a whole dally after the commit, not before it.
+            let done = r.server_outcome_at_us();
+            assert!(
+                done >= (commit_ms + config.dally_ms) * 1000,
+                "{ctx}: ended at {done} µs"
+            );
         }
     }
 }

@@ -16,6 +16,9 @@ use std::sync::{Arc, RwLock};
 
 use memmap2::Mmap;
 
+use crate::sys::fs::map_for_kernel;
+use crate::uring::Payload;
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct FileKey {
     dev: u64,
@@ -53,6 +56,16 @@ impl Source {
     }
 }
 
+impl Payload for Source {
+    fn base(&self) -> *const u8 {
+        self.as_ptr()
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.len()
+    }
+}
+
 #[derive(Debug)]
 pub struct FileCache {
     entries: RwLock<HashMap<FileKey, Arc<Source>>>,
@@ -84,9 +97,8 @@ impl FileCache {
         let source = if key.size_bytes == 0 {
             Source::Owned(Vec::new())
         } else {
-            // SAFETY: see the module comment: userspace never dereferences
-            // the map, so a concurrent truncation cannot raise SIGBUS here.
-            Source::Mapped(unsafe { Mmap::map(file)? })
+            // Never read by us, see the module comment.
+            Source::Mapped(map_for_kernel(file)?)
         };
         let source = Arc::new(source);
         let Ok(mut entries) = self.entries.write() else {

@@ -3,19 +3,24 @@
 //! absolute symlinks and symlinks that climb out of the root are refused by
 //! the kernel, not by string checks that can be raced or fooled.
 
-use std::ffi::CString;
+use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+
+use crate::sys::fs::open_beneath;
 
 /// Longest file name accepted from a request, in bytes.
 pub const FILENAME_BYTES_MAX: usize = 255 * 4;
 
-/// Why a name was refused; maps to TFTP ERROR 1 or 2.
+/// Why a name was refused (the shard maps it to a TFTP ERROR).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathRefusal {
     NotFound,
     AccessViolation,
+    /// The process is out of file descriptors (EMFILE/ENFILE): not the
+    /// client's fault, and worth retrying.
+    NoDescriptors,
 }
 
 /// Cleans a request's name into a path relative to the root: `/x` and `x`
@@ -51,35 +56,16 @@ pub fn relative_name(name: &[u8], out: &mut Vec<u8>) -> Result<(), PathRefusal> 
 pub fn refusal_for(err: &io::Error) -> PathRefusal {
     match err.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => PathRefusal::NotFound,
+        Some(libc::EMFILE) | Some(libc::ENFILE) => PathRefusal::NoDescriptors,
         _ => PathRefusal::AccessViolation,
     }
 }
 
-/// `openat2(dir, path, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`.
-pub fn open_beneath(dir: RawFd, path: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let c_path = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain data; all-zero is its documented default.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-        how.mode = u64::from(mode);
-    }
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid NUL-terminated path and a properly sized open_how.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            c_path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+/// `scratch` (a name from [`relative_name`]) NUL-terminated for a syscall.
+/// `relative_name` refuses control characters, so there is no inner NUL.
+pub fn as_c_path(scratch: &mut Vec<u8>) -> Result<&CStr, PathRefusal> {
+    scratch.push(0);
+    CStr::from_bytes_with_nul(scratch).map_err(|_| PathRefusal::AccessViolation)
 }
 
 /// The served directory, held open so a rename of its path cannot redirect us.
@@ -100,7 +86,7 @@ impl Root {
         let root = Root { dir };
         // openat2 appeared in Linux 5.6; refuse to run without it rather than
         // fall back to a weaker check.
-        match open_beneath(root.fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+        match open_beneath(root.fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0) {
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "openat2 is not available (Linux 5.6 or later is required)",
@@ -117,7 +103,8 @@ impl Root {
     /// Opens a regular file for reading.
     pub fn open_read(&self, name: &[u8], scratch: &mut Vec<u8>) -> Result<File, PathRefusal> {
         relative_name(name, scratch)?;
-        let fd = open_beneath(self.fd(), scratch, libc::O_RDONLY | libc::O_NOCTTY, 0)
+        let path = as_c_path(scratch)?;
+        let fd = open_beneath(self.fd(), path, libc::O_RDONLY | libc::O_NOCTTY, 0)
             .map_err(|e| refusal_for(&e))?;
         let file = File::from(fd);
         let meta = file.metadata().map_err(|e| refusal_for(&e))?;

@@ -7,11 +7,12 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::resolve::{PathRefusal, Root, open_beneath, refusal_for, relative_name};
+use super::resolve::{PathRefusal, Root, refusal_for, relative_name};
+use crate::sys::fs::{file_type, link_unnamed, open_beneath, rename_in, unlink_in};
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -58,24 +59,21 @@ impl Upload {
             ),
             None => (b".", &rel[..]),
         };
-        let dir = open_beneath(root.fd(), dir_path, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        let refused = |_| UploadError::Refused(PathRefusal::AccessViolation);
+        let dir_path = CString::new(dir_path).map_err(refused)?;
+        let dir = open_beneath(root.fd(), &dir_path, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| UploadError::Refused(refusal_for(&e)))?;
-        let name =
-            CString::new(leaf).map_err(|_| UploadError::Refused(PathRefusal::AccessViolation))?;
+        let name = CString::new(leaf).map_err(refused)?;
         // The target must not be a directory or a symlink pointing anywhere.
         if let Ok(existing) =
-            open_beneath(dir.as_raw_fd(), leaf, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            open_beneath(dir.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            && file_type(&existing).map_or(true, |t| t != libc::S_IFREG)
         {
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: valid fd and stat buffer.
-            let rc = unsafe { libc::fstat(existing.as_raw_fd(), &mut st) };
-            if rc != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFREG {
-                return Err(UploadError::Refused(PathRefusal::AccessViolation));
-            }
+            return Err(UploadError::Refused(PathRefusal::AccessViolation));
         }
         let (file, temp_name) = match open_beneath(
             dir.as_raw_fd(),
-            b".",
+            c".",
             libc::O_TMPFILE | libc::O_WRONLY,
             0o644,
         ) {
@@ -89,7 +87,7 @@ impl Upload {
                 let temp = temp_name_for(leaf);
                 let fd = open_beneath(
                     dir.as_raw_fd(),
-                    temp.as_bytes(),
+                    &temp,
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                     0o644,
                 )?;
@@ -124,14 +122,14 @@ impl Upload {
     }
 
     /// The staged file, to fsync before [`Upload::publish`].
-    pub fn file_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+    pub fn file_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
     }
 
     /// The target's directory, to fsync after [`Upload::publish`] so the
     /// new name is durable too.
-    pub fn dir_fd(&self) -> RawFd {
-        self.dir.as_raw_fd()
+    pub fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
     }
 
     pub fn is_published(&self) -> bool {
@@ -148,7 +146,7 @@ impl Upload {
         let dir = self.dir.as_raw_fd();
         match self.temp_name.take() {
             Some(temp) => {
-                if let Err(e) = rename(dir, &temp, &self.name) {
+                if let Err(e) = rename_in(dir, &temp, &self.name) {
                     self.temp_name = Some(temp); // still ours to remove
                     return Err(e.into());
                 }
@@ -156,24 +154,9 @@ impl Upload {
             None => {
                 // Give the unnamed file a name, then rename it over the target.
                 let temp = temp_name_for(self.name.as_bytes());
-                let proc_path = CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
-                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-                // SAFETY: valid C strings and descriptors.
-                let rc = unsafe {
-                    libc::linkat(
-                        libc::AT_FDCWD,
-                        proc_path.as_ptr(),
-                        dir,
-                        temp.as_ptr(),
-                        libc::AT_SYMLINK_FOLLOW,
-                    )
-                };
-                if rc != 0 {
-                    return Err(io::Error::last_os_error().into());
-                }
-                if let Err(e) = rename(dir, &temp, &self.name) {
-                    // SAFETY: valid descriptor and name.
-                    unsafe { libc::unlinkat(dir, temp.as_ptr(), 0) };
+                link_unnamed(&self.file, dir, &temp)?;
+                if let Err(e) = rename_in(dir, &temp, &self.name) {
+                    let _ = unlink_in(dir, &temp);
                     return Err(e.into());
                 }
             }
@@ -187,8 +170,7 @@ impl Drop for Upload {
     fn drop(&mut self) {
         // Only a named fallback temp file can be left; an O_TMPFILE vanishes.
         if let Some(temp) = self.temp_name.take() {
-            // SAFETY: valid descriptor and name.
-            unsafe { libc::unlinkat(self.dir.as_raw_fd(), temp.as_ptr(), 0) };
+            let _ = unlink_in(self.dir.as_raw_fd(), &temp);
         }
     }
 }
@@ -201,13 +183,4 @@ fn temp_name_for(leaf: &[u8]) -> CString {
     name.extend_from_slice(format!(".uftpd-{}-{n}.tmp", std::process::id()).as_bytes());
     // `leaf` came from a CString, so it has no NUL.
     CString::new(name).unwrap_or_else(|_| c".uftpd.tmp".to_owned())
-}
-
-fn rename(dir: i32, from: &CString, to: &CString) -> io::Result<()> {
-    // SAFETY: valid C strings and descriptor.
-    let rc = unsafe { libc::renameat(dir, from.as_ptr(), dir, to.as_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -7,8 +7,10 @@ pub fn wire(index: u64) -> u16 {
 }
 
 /// The 64-bit index with wire number `wire` closest to `near`: correct as long
-/// as the peer is within 32768 blocks of where we are, which windows ≤ 65535
-/// and lock-step ACKs guarantee.
+/// as the true index is less than 32768 blocks from `near`. A sender unwraps
+/// ACKs against the highest block it sent (an ACK is never for a later
+/// block, and never for one more than a window earlier), and windows are at
+/// most [`super::options::WINDOWSIZE_MAX`] = 32768 blocks.
 pub fn unwrap(wire: u16, near: u64) -> u64 {
     let candidate = (near & !0xffff) | u64::from(wire);
     let distance = |c: u64| c.abs_diff(near);

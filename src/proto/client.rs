@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::options::parse_decimal;
-use super::receiver::{self, DataVerdict, Receiver};
+use super::receiver::{self, DataVerdict, FinalAck, Receiver};
 use super::sender::{self, Sender};
 use super::transfer::{Outcome, TimerConfig, Transmit};
 use super::wire::{
@@ -55,6 +55,7 @@ impl<'n> ClientSession<'n> {
             1,
             receiver::Handshake::Request,
             timer,
+            FinalAck::Immediate,
             dally_ms,
             now,
         );

@@ -1,18 +1,26 @@
 //! The sans-I/O protocol core: bytes and a clock in, packets and deadlines
-//! out. Nothing here touches sockets, files, threads or the OS clock.
+//! out. Nothing here touches sockets, files, threads or the OS clock, and
+//! nothing here is `unsafe`.
 //!
-//! - [`wire`]: packet views and encoders.
+//! - [`wire`]: packet views and encoders; [`refusal`]: why a request is refused.
 //! - [`options`]: option negotiation.
 //! - [`block`], [`netascii`]: block-number arithmetic, line-end conversion.
 //! - [`transfer`], [`sender`], [`receiver`]: the transfer state machines.
 //! - [`server`], [`client`]: one transfer from either end.
+//! - [`sessions`], [`endpoint`]: a shard's table of sessions, and the policy
+//!   that admits, refuses or routes each datagram on the service port.
+
+#![forbid(unsafe_code)]
 
 pub mod block;
 pub mod client;
+pub mod endpoint;
 pub mod netascii;
 pub mod options;
 pub mod receiver;
+pub mod refusal;
 pub mod sender;
 pub mod server;
+pub mod sessions;
 pub mod transfer;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! Option negotiation (RFC 2347 framework; 2348 blksize; 2349 timeout and
 //! tsize; 7440 windowsize): what the server accepts and echoes in its OACK.
 
+use super::refusal::{Cause, Refusal};
 use super::wire::{
     BLKSIZE_DEFAULT, BLKSIZE_MAX, BLKSIZE_MIN, ErrorCode, OptionIter, OptionValues, Request,
     RequestKind,
@@ -9,6 +10,11 @@ use super::wire::{
 /// Requests rarely carry more than five options; the rest are ignored so a
 /// crafted request cannot make us walk an unbounded list.
 pub const OPTIONS_PARSED_MAX: usize = 16;
+
+/// The largest window granted, whatever the operator allows: block numbers
+/// are 16 bits, so an ACK is only unambiguous within 32768 blocks of the
+/// highest block sent (see [`super::block::unwrap`]).
+pub const WINDOWSIZE_MAX: u16 = 32_768;
 
 /// The operator's caps that negotiation applies.
 #[derive(Clone, Copy, Debug)]
@@ -43,13 +49,6 @@ impl Negotiated {
     };
 }
 
-/// Why a request's options made us refuse it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: ErrorCode,
-    pub message: &'static str,
-}
-
 /// Decimal digits only, no sign, no overflow.
 pub fn parse_decimal(raw: &[u8]) -> Option<u64> {
     if raw.is_empty() || raw.len() > 20 {
@@ -80,10 +79,11 @@ pub fn negotiate(
             // Text is ignored (as tftpd-hpa does); a number below 8 is refused.
             let Some(v) = number else { continue };
             if v < u64::from(BLKSIZE_MIN) {
-                return Err(Refusal {
-                    code: ErrorCode::OptionRefused,
-                    message: "blksize below 8",
-                });
+                return Err(Refusal::new(
+                    ErrorCode::OptionRefused,
+                    "blksize below 8",
+                    Cause::Option,
+                ));
             }
             let v = v
                 .min(u64::from(BLKSIZE_MAX))
@@ -101,10 +101,11 @@ pub fn negotiate(
             match request.kind {
                 RequestKind::Read => out.oack.tsize_bytes = read_size_bytes,
                 RequestKind::Write if v > limits.upload_bytes_max => {
-                    return Err(Refusal {
-                        code: ErrorCode::DiskFull,
-                        message: "File larger than the upload limit",
-                    });
+                    return Err(Refusal::new(
+                        ErrorCode::DiskFull,
+                        "File larger than the upload limit",
+                        Cause::Disk,
+                    ));
                 }
                 RequestKind::Write => out.oack.tsize_bytes = Some(v),
             }
@@ -112,7 +113,9 @@ pub fn negotiate(
             && out.oack.windowsize.is_none()
             && let Some(v @ 1..=65535) = number
         {
-            let v = v.min(u64::from(limits.windowsize_max)) as u16;
+            let v = v
+                .min(u64::from(limits.windowsize_max))
+                .min(u64::from(WINDOWSIZE_MAX)) as u16;
             out.windowsize = v;
             out.oack.windowsize = Some(v);
         }
@@ -234,6 +237,17 @@ mod tests {
         assert_eq!(w(b"windowsize\x0065535\x00").oack.windowsize, Some(64));
         assert_eq!(w(b"windowsize\x000\x00"), Negotiated::DEFAULT);
         assert_eq!(w(b"windowsize\x0065536\x00"), Negotiated::DEFAULT);
+        // Whatever the operator allows, never past what 16-bit blocks can tell apart.
+        let wide = NegotiationLimits {
+            windowsize_max: u16::MAX,
+            ..LIMITS
+        };
+        let n = negotiate(
+            &req(RequestKind::Read, b"windowsize\x0040000\x00"),
+            None,
+            &wide,
+        );
+        assert_eq!(n.unwrap().windowsize, WINDOWSIZE_MAX);
     }
 
     #[test]

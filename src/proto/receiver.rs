@@ -1,6 +1,10 @@
 //! The receiving side of a transfer (server WRQ, client RRQ): accepts blocks
 //! in order, ACKs the last block of each window (RFC 7440), a gap, or the
 //! short final block, and dallies afterwards to re-ACK a repeated final block.
+//!
+//! A server's final ACK tells the client its file is in place, so it waits
+//! for the caller to make the data durable ([`FinalAck::AfterCommit`],
+//! [`Receiver::commit_done`]); the dally is timed from that ACK.
 
 use std::time::Instant;
 
@@ -41,6 +45,31 @@ pub struct ReceiverCounters {
     pub acks_sent: u64,
 }
 
+/// When the last block is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalAck {
+    /// At once (a client keeping the data in memory).
+    Immediate,
+    /// Once the caller reports the data durable with
+    /// [`Receiver::commit_done`] (a server writing a file).
+    AfterCommit,
+}
+
+/// Where the receiver is after the last block arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ending {
+    /// Blocks are still coming.
+    Receiving,
+    /// The data is complete; the caller is making it durable. No ACK goes
+    /// out and no timer runs until it says how that went.
+    Committing {
+        /// The peer sent ERROR or went away meanwhile: no final ACK then.
+        peer_gone: bool,
+    },
+    /// The final ACK went out; re-ACK a repeated last block until the dally ends.
+    Dallying,
+}
+
 #[derive(Debug)]
 pub struct Receiver {
     blksize: u16,
@@ -51,6 +80,8 @@ pub struct Receiver {
     last_ack: u64,
     last_ack_at: Option<Instant>,
     final_index: Option<u64>,
+    final_ack: FinalAck,
+    ending: Ending,
     dally_ms: u64,
     verified: bool,
     timer: RetransmitTimer,
@@ -69,6 +100,7 @@ impl Receiver {
         windowsize: u16,
         handshake: Handshake,
         timer: TimerConfig,
+        final_ack: FinalAck,
         dally_ms: u64,
         now: Instant,
     ) -> Receiver {
@@ -81,6 +113,8 @@ impl Receiver {
             last_ack: 0,
             last_ack_at: None,
             final_index: None,
+            final_ack,
+            ending: Ending::Receiving,
             dally_ms,
             verified: false,
             timer: RetransmitTimer::new(timer),
@@ -117,10 +151,12 @@ impl Receiver {
             return DataVerdict::Ignore;
         }
         if let Some(final_index) = self.final_index {
-            // Dallying: the sender missed our final ACK.
+            // The sender missed our final ACK, or (committing) has not had it yet.
             if block::unwrap(wire_block, final_index) == final_index {
                 self.counters.duplicate_blocks += 1;
-                self.maybe_reack(now);
+                if self.ending == Ending::Dallying {
+                    self.maybe_reack(now);
+                }
             }
             return DataVerdict::Ignore;
         }
@@ -143,9 +179,13 @@ impl Receiver {
             let last = payload_len < usize::from(self.blksize);
             if last {
                 self.final_index = Some(index);
-                self.send_ack(now);
-                // Dally well past the sender's retransmit timeout.
-                self.timer.arm_for(now, self.dally_ms);
+                match self.final_ack {
+                    FinalAck::Immediate => self.start_dally(now),
+                    FinalAck::AfterCommit => {
+                        self.ending = Ending::Committing { peer_gone: false };
+                        self.timer.stop();
+                    }
+                }
             } else if index - self.last_ack >= u64::from(self.windowsize) {
                 self.send_ack(now);
             }
@@ -177,14 +217,35 @@ impl Receiver {
     }
 
     pub fn handle_error(&mut self, code: u16) {
-        if self.outcome.is_none() {
-            self.outcome = Some(if self.final_index.is_some() {
-                Outcome::Complete
+        if self.outcome.is_some() {
+            return;
+        }
+        match self.ending {
+            // The outcome waits for the commit (the data is all here).
+            Ending::Committing { .. } => self.ending = Ending::Committing { peer_gone: true },
+            Ending::Dallying => self.finish(Outcome::Complete),
+            Ending::Receiving => self.finish(Outcome::PeerError(code)),
+        }
+    }
+
+    /// The data is durable (the caller committed it): send the final ACK and
+    /// dally from now, well past the sender's retransmit timeout.
+    pub fn commit_done(&mut self, now: Instant) {
+        if let Ending::Committing { peer_gone } = self.ending {
+            if peer_gone {
+                self.ending = Ending::Dallying;
+                self.finish(Outcome::Complete);
             } else {
-                Outcome::PeerError(code)
-            });
-            self.pending = None;
-            self.timer.stop();
+                self.start_dally(now);
+            }
+        }
+    }
+
+    /// The data could not be made durable: end with this ERROR.
+    pub fn commit_failed(&mut self, code: ErrorCode, message: &'static str) {
+        if matches!(self.ending, Ending::Committing { .. }) {
+            self.ending = Ending::Receiving;
+            self.abort(code, message);
         }
     }
 
@@ -192,12 +253,15 @@ impl Receiver {
         if self.outcome.is_some() {
             return;
         }
-        if self.final_index.is_some() {
-            if self.timer.deadline().is_some_and(|d| now >= d) {
-                self.timer.stop();
-                self.outcome = Some(Outcome::Complete);
+        match self.ending {
+            Ending::Committing { .. } => return,
+            Ending::Dallying => {
+                if self.timer.deadline().is_some_and(|d| now >= d) {
+                    self.finish(Outcome::Complete);
+                }
+                return;
             }
-            return;
+            Ending::Receiving => {}
         }
         match self.timer.on_timeout(now, self.verified) {
             TimerVerdict::NotDue | TimerVerdict::HoldQuiet => {}
@@ -216,12 +280,13 @@ impl Receiver {
     /// The peer's port is closed (ICMP port unreachable). A finished upload
     /// stays finished; anything else has lost its sender.
     pub fn handle_unreachable(&mut self) {
-        if self.outcome.is_none() {
-            self.finish(if self.final_index.is_some() {
-                Outcome::Complete
-            } else {
-                Outcome::Unreachable
-            });
+        if self.outcome.is_some() {
+            return;
+        }
+        match self.ending {
+            Ending::Committing { .. } => self.ending = Ending::Committing { peer_gone: true },
+            Ending::Dallying => self.finish(Outcome::Complete),
+            Ending::Receiving => self.finish(Outcome::Unreachable),
         }
     }
 
@@ -258,9 +323,19 @@ impl Receiver {
         self.outcome
     }
 
-    /// All data has arrived (the receiver may still be dallying).
+    /// All data has arrived (it may still be committing or dallying).
     pub fn is_complete(&self) -> bool {
         self.final_index.is_some()
+    }
+
+    /// All data has arrived and the caller is making it durable.
+    pub fn is_committing(&self) -> bool {
+        matches!(self.ending, Ending::Committing { .. }) && self.outcome.is_none()
+    }
+
+    /// The final ACK went out; only re-ACKs of a repeated last block remain.
+    pub fn is_dallying(&self) -> bool {
+        self.ending == Ending::Dallying && self.outcome.is_none()
     }
 
     pub fn blksize(&self) -> u16 {
@@ -294,6 +369,12 @@ impl Receiver {
         };
     }
 
+    fn start_dally(&mut self, now: Instant) {
+        self.ending = Ending::Dallying;
+        self.send_ack(now);
+        self.timer.arm_for(now, self.dally_ms);
+    }
+
     fn send_ack(&mut self, now: Instant) {
         self.last_ack = self.received;
         self.last_ack_at = Some(now);
@@ -319,11 +400,103 @@ impl Receiver {
 mod tests {
     use super::*;
     use crate::proto::transfer::TEST_TIMER as TIMER;
+    use std::time::Duration;
+
+    const IMMEDIATE: FinalAck = FinalAck::Immediate;
+    const DALLY_MS: u64 = 10_000;
+
+    fn ms(t: Instant, ms: u64) -> Instant {
+        t + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn the_final_ack_waits_for_the_commit_and_the_dally_starts_there() {
+        // A commit that takes longer than the dally: with the dally timed
+        // from the last DATA, nothing would be left of it.
+        let t0 = Instant::now();
+        let mut r = Receiver::new(
+            512,
+            1,
+            Handshake::Ack0,
+            TIMER,
+            FinalAck::AfterCommit,
+            DALLY_MS,
+            t0,
+        );
+        assert_eq!(r.poll_transmit(), Some(Transmit::Ack { block: 0 }));
+        assert_eq!(
+            r.handle_data(1, 100, t0),
+            DataVerdict::Accept {
+                index: 1,
+                last: true
+            }
+        );
+        assert_eq!(r.poll_transmit(), None, "no final ACK before the commit");
+        assert!(r.is_committing());
+        assert_eq!(r.poll_timeout(), None, "no timer runs while committing");
+        // The client repeats the last block: still no ACK.
+        r.handle_data(1, 100, ms(t0, 5_000));
+        assert_eq!(r.poll_transmit(), None);
+        r.handle_timeout(ms(t0, 15_000));
+        assert_eq!(r.outcome(), None);
+        let committed = ms(t0, 20_000);
+        r.commit_done(committed);
+        assert_eq!(r.poll_transmit(), Some(Transmit::Ack { block: 1 }));
+        assert!(r.is_dallying());
+        assert_eq!(r.poll_timeout(), Some(ms(committed, DALLY_MS)));
+        // Well into the dally, a repeat is re-ACKed.
+        r.handle_data(1, 100, ms(committed, 5_000));
+        assert_eq!(r.poll_transmit(), Some(Transmit::Ack { block: 1 }));
+        r.handle_timeout(ms(committed, DALLY_MS));
+        assert_eq!(r.outcome(), Some(Outcome::Complete));
+    }
+
+    #[test]
+    fn a_failed_commit_ends_with_its_error_and_a_peer_that_left_gets_no_ack() {
+        let t0 = Instant::now();
+        let mut r = Receiver::new(
+            512,
+            1,
+            Handshake::Ack0,
+            TIMER,
+            FinalAck::AfterCommit,
+            DALLY_MS,
+            t0,
+        );
+        r.poll_transmit();
+        r.handle_data(1, 0, t0);
+        r.commit_failed(ErrorCode::DiskFull, "Disk full");
+        assert_eq!(
+            r.poll_transmit(),
+            Some(Transmit::Error {
+                code: ErrorCode::DiskFull,
+                message: "Disk full"
+            })
+        );
+        assert_eq!(r.outcome(), Some(Outcome::Aborted(ErrorCode::DiskFull)));
+
+        let mut r = Receiver::new(
+            512,
+            1,
+            Handshake::Ack0,
+            TIMER,
+            FinalAck::AfterCommit,
+            DALLY_MS,
+            t0,
+        );
+        r.poll_transmit();
+        r.handle_data(1, 0, t0);
+        r.handle_error(0);
+        assert_eq!(r.outcome(), None, "the outcome waits for the commit");
+        r.commit_done(ms(t0, 10));
+        assert_eq!(r.poll_transmit(), None);
+        assert_eq!(r.outcome(), Some(Outcome::Complete));
+    }
 
     #[test]
     fn a_finished_upload_stays_finished_when_the_peer_leaves() {
         let now = Instant::now();
-        let mut r = Receiver::new(512, 1, Handshake::Ack0, TIMER, 10_000, now);
+        let mut r = Receiver::new(512, 1, Handshake::Ack0, TIMER, IMMEDIATE, 10_000, now);
         assert_eq!(r.poll_transmit(), Some(Transmit::Ack { block: 0 }));
         assert_eq!(
             r.handle_data(1, 10, now),
@@ -335,7 +508,7 @@ mod tests {
         r.handle_unreachable();
         assert_eq!(r.outcome(), Some(Outcome::Complete));
 
-        let mut r = Receiver::new(512, 1, Handshake::Ack0, TIMER, 10_000, now);
+        let mut r = Receiver::new(512, 1, Handshake::Ack0, TIMER, IMMEDIATE, 10_000, now);
         assert_eq!(
             r.handle_data(1, 512, now),
             DataVerdict::Accept {
@@ -350,7 +523,7 @@ mod tests {
     #[test]
     fn a_window_is_acked_once_at_its_end_and_a_gap_once() {
         let now = Instant::now();
-        let mut r = Receiver::new(512, 4, Handshake::Oack, TIMER, 10_000, now);
+        let mut r = Receiver::new(512, 4, Handshake::Oack, TIMER, IMMEDIATE, 10_000, now);
         assert_eq!(r.poll_transmit(), Some(Transmit::Oack));
         for block in 1..=3 {
             assert!(matches!(

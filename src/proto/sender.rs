@@ -60,6 +60,7 @@ impl Sender {
         now: Instant,
     ) -> Sender {
         assert!(blksize >= 1 && windowsize >= 1);
+        debug_assert!(windowsize <= super::options::WINDOWSIZE_MAX);
         let mut s = Sender {
             blksize,
             windowsize,
@@ -110,7 +111,9 @@ impl Sender {
             }
             return;
         }
-        let index = block::unwrap(wire_block, self.acked);
+        // Against the highest block sent, not the last ACK: a whole window
+        // (up to 32768 blocks) may lie between the two.
+        let index = block::unwrap(wire_block, self.sent_max);
         if index > self.acked && index <= self.sent_max {
             self.acked = index;
             self.verified = true;
@@ -278,6 +281,54 @@ mod tests {
         s.handle_unreachable(); // the client left after the last block
         assert_eq!(s.outcome(), Some(Outcome::CompleteUnconfirmed));
         assert_eq!(s.poll_transmit(), None);
+    }
+
+    #[test]
+    fn a_window_of_32768_blocks_is_acked_across_the_wrap() {
+        // With ACKs unwrapped against the last ACK, the ACK of the second
+        // window (wire 0 = block 65536) is as far from block 32768 as from
+        // block 0, and read as a duplicate: the transfer then times out.
+        let now = Instant::now();
+        let mut s = Sender::new(8, 32_768, 8 * 100_000, None, TIMER, now);
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Transmit::Data {
+                first: 1,
+                count: 32_768
+            })
+        );
+        s.handle_ack(block::wire(32_768), now);
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Transmit::Data {
+                first: 32_769,
+                count: 32_768
+            })
+        );
+        s.handle_ack(block::wire(65_536), now);
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Transmit::Data {
+                first: 65_537,
+                count: 32_768
+            })
+        );
+        assert_eq!(s.counters().duplicate_acks, 0);
+        s.handle_ack(block::wire(98_304), now);
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Transmit::Data {
+                first: 98_305,
+                count: 1_697
+            })
+        );
+        s.handle_ack(block::wire(100_001), now);
+        assert_eq!(s.outcome(), Some(Outcome::Complete));
+        // A stale ACK from the first window is a duplicate, not progress.
+        let mut s = Sender::new(8, 16, 8 * 100_000, None, TIMER, now);
+        s.handle_ack(16, now);
+        s.handle_ack(16, now);
+        assert_eq!(s.counters().duplicate_acks, 1);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 
 use std::time::Instant;
 
-use super::options::{Negotiated, NegotiationLimits, Refusal, negotiate};
-use super::receiver::{self, DataVerdict, Receiver};
+use super::options::{Negotiated, NegotiationLimits, negotiate};
+use super::receiver::{self, DataVerdict, FinalAck, Receiver};
+use super::refusal::Refusal;
 use super::sender::{self, Sender};
 use super::transfer::{Outcome, TimerConfig, Transmit};
 use super::wire::{self, ErrorCode, Mode, Packet, Request, RequestKind};
@@ -40,6 +41,8 @@ pub struct ServerSession {
     negotiated: Negotiated,
     mode: Mode,
     machine: Machine,
+    /// When a packet from the peer's TID last arrived.
+    last_heard: Option<Instant>,
 }
 
 impl ServerSession {
@@ -69,6 +72,7 @@ impl ServerSession {
             negotiated,
             mode: request.mode,
             machine: Machine::Read(s),
+            last_heard: None,
         })
     }
 
@@ -91,6 +95,8 @@ impl ServerSession {
             negotiated.windowsize,
             handshake,
             timer,
+            // The final ACK says the file is in place: it waits for the commit.
+            FinalAck::AfterCommit,
             config.dally_ms,
             now,
         );
@@ -98,11 +104,13 @@ impl ServerSession {
             negotiated,
             mode: request.mode,
             machine: Machine::Write(r),
+            last_heard: None,
         })
     }
 
     /// A packet from the peer's TID.
     pub fn handle(&mut self, packet: &Packet<'_>, now: Instant) -> Event {
+        self.last_heard = Some(now);
         match (&mut self.machine, packet) {
             (Machine::Read(s), Packet::Ack { block }) => s.handle_ack(*block, now),
             (Machine::Write(r), Packet::Data { block, payload }) => {
@@ -119,6 +127,35 @@ impl ServerSession {
             _ => {}
         }
         Event::Nothing
+    }
+
+    /// An upload's data is durable: release the final ACK (WRQ only).
+    pub fn commit_done(&mut self, now: Instant) {
+        if let Machine::Write(r) = &mut self.machine {
+            r.commit_done(now);
+        }
+    }
+
+    /// An upload's data could not be made durable: end with this ERROR.
+    pub fn commit_failed(&mut self, refusal: Refusal) {
+        if let Machine::Write(r) = &mut self.machine {
+            r.commit_failed(refusal.code, refusal.message);
+        }
+    }
+
+    /// When a packet from the peer's TID last arrived (`None`: never).
+    pub fn last_heard(&self) -> Option<Instant> {
+        self.last_heard
+    }
+
+    /// How this session counts if a new request from its peer's port
+    /// replaces it: a finished upload that was only dallying is complete.
+    pub fn outcome_if_replaced(&self) -> Outcome {
+        self.outcome().unwrap_or(if self.is_dallying() {
+            Outcome::Complete
+        } else {
+            Outcome::Replaced
+        })
     }
 
     /// The peer repeated the request that started this session.
@@ -183,7 +220,12 @@ impl ServerSession {
     /// An upload whose data is all in and committed, now only dallying to
     /// re-ACK a repeated last block: safe to end at shutdown.
     pub fn is_dallying(&self) -> bool {
-        self.receiver().is_some_and(|r| r.is_complete()) && self.outcome().is_none()
+        self.receiver().is_some_and(|r| r.is_dallying())
+    }
+
+    /// An upload whose data is all in, waiting for [`Self::commit_done`].
+    pub fn is_committing(&self) -> bool {
+        self.receiver().is_some_and(|r| r.is_committing())
     }
 
     pub fn negotiated(&self) -> &Negotiated {

@@ -45,6 +45,9 @@ pub enum Outcome {
     Aborted(ErrorCode),
     /// ICMP said the peer's port is closed (the client went away).
     Unreachable,
+    /// A different request from the peer's address and port took its place
+    /// (the client restarted, or moved on).
+    Replaced,
 }
 
 impl Outcome {
@@ -63,6 +66,7 @@ impl std::fmt::Display for Outcome {
             Outcome::NoResponse => f.write_str("failed: peer never answered"),
             Outcome::Aborted(code) => write!(f, "aborted with ERROR {}", *code as u16),
             Outcome::Unreachable => f.write_str("failed: peer's port closed"),
+            Outcome::Replaced => f.write_str("replaced by a new request"),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! Every read is length-checked; a malformed datagram becomes a [`WireError`]
 //! that maps to the ERROR code the sender deserves, never a panic.
 
+use super::refusal::{Cause, Refusal};
+
 /// Opcodes, RFC 1350 §5 and RFC 2347 (OACK).
 pub const OP_RRQ: u16 = 1;
 pub const OP_WRQ: u16 = 2;
@@ -104,18 +106,15 @@ pub enum WireError {
 
 impl WireError {
     /// Every malformed packet is an illegal TFTP operation (RFC 1350).
-    pub fn error_code(self) -> ErrorCode {
-        ErrorCode::IllegalOperation
-    }
-
-    pub fn message(self) -> &'static str {
-        match self {
+    pub fn refusal(self) -> Refusal {
+        let message = match self {
             WireError::Truncated => "Truncated packet",
             WireError::UnknownOpcode(_) => "Unknown opcode",
             WireError::Unterminated => "Request not NUL-terminated",
             WireError::UnknownMode => "Unknown transfer mode",
             WireError::EmptyFilename => "Empty file name",
-        }
+        };
+        Refusal::new(ErrorCode::IllegalOperation, message, Cause::Malformed)
     }
 }
 

@@ -1,242 +1,262 @@
-//! New requests on the service sockets: parse, refuse or admit, and set
-//! up the transfer (its file or upload, its own socket, its session).
+//! Datagrams on the service sockets: the [`Endpoint`](crate::proto::endpoint)
+//! decides what each one gets, and this file carries that out — a refusal
+//! from the service port, a repeat handed to its session, or a new session
+//! with its file (or upload), its own socket and its ring owner.
 
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use io_uring::cqueue;
-
 use crate::cache::{PathRefusal, Source, Upload, UploadError, filemap};
-use crate::config::sizes;
+use crate::proto::endpoint::{Decision, Ignored};
 use crate::proto::netascii;
+use crate::proto::refusal::{Cause, Refusal};
 use crate::proto::server::ServerSession;
-use crate::proto::wire::{self, ErrorCode, Mode, Packet, Request, RequestKind};
+use crate::proto::wire::{self, Mode, Request, RequestKind};
+use crate::sys::net;
+use crate::uring::{self, Buffer, Group, Owner, Payload};
 
-use super::{RECV_OVERHEAD_BYTES, Shard, Slot, Store, net};
+use super::Shard;
+use super::slot::{Slot, Store};
 
-impl Shard {
-    pub(super) fn on_service_recv(&mut self, index: usize, result: i32, flags: u32, now: Instant) {
-        let more = cqueue::more(flags);
-        if result >= 0 {
-            if let Some(bid) = cqueue::buffer_select(flags) {
-                self.on_service_datagram(index, bid, result as usize, now);
-                self.small.recycle(bid);
-            }
-        } else if result == -libc::ENOBUFS {
-            self.setup.counters.receive_buffers_exhausted.inc();
-        }
-        if !more {
-            if let Some(s) = self.service.get_mut(index) {
-                s.armed = false;
-            }
-            if self.draining_since.is_none() {
-                self.arm_service(index);
-            }
+/// The refusal a client sees for a path the cache layer refused.
+pub(super) fn path_refusal(r: PathRefusal) -> Refusal {
+    match r {
+        PathRefusal::NotFound => Refusal::NOT_FOUND,
+        PathRefusal::AccessViolation => Refusal::ACCESS,
+        PathRefusal::NoDescriptors => Refusal::BUSY,
+    }
+}
+
+/// The refusal for a failed write to an upload.
+pub(super) fn disk_refusal(e: UploadError) -> Refusal {
+    match e {
+        UploadError::DiskFull => Refusal::DISK_FULL,
+        UploadError::Refused(r) => path_refusal(r),
+        UploadError::Io(_) => {
+            Refusal::new(wire::ErrorCode::NotDefined, "Write failed", Cause::Disk)
         }
     }
+}
 
-    pub(super) fn on_service_datagram(&mut self, index: usize, bid: u16, len: usize, now: Instant) {
-        let counters = Arc::clone(&self.setup.counters);
-        let Some(buf) = self.small.buffer(bid, len) else {
+impl Shard {
+    pub(super) fn on_service_datagram(&mut self, service: usize, buffer: Buffer, now: Instant) {
+        let Some(svc) = self.services.get(service) else {
             return;
         };
-        let Ok(msg) = io_uring::types::RecvMsgOut::parse(buf, &self.service_msghdr) else {
-            return;
-        };
-        let Some(peer) = net::parse_sockaddr(msg.name_data()) else {
-            return;
-        };
-        let Some(service) = self.service.get(index) else {
-            return;
-        };
-        let local =
-            net::parse_pktinfo(msg.control_data(), service.addr.port()).unwrap_or(service.addr);
-        counters.packets_received.inc();
-        counters.bytes_received.add(msg.payload_data().len() as u64);
-        if msg.is_payload_truncated() {
-            counters.requests_malformed.inc();
-            return;
-        }
+        let svc_addr = svc.addr;
         // Copy the request out of the receive buffer (into scratch space
-        // allocated at start-up) so `admit` can use the whole shard.
-        let mut payload = std::mem::take(&mut self.request_scratch);
-        payload.clear();
-        payload.extend_from_slice(msg.payload_data());
-        match Packet::parse(&payload) {
-            Ok(Packet::Request(request)) => self.admit(index, peer, local, &request, &payload, now),
-            Ok(_) => counters.requests_malformed.inc(), // not a request: ignore, never reflect
-            Err(e) => {
-                counters.requests_malformed.inc();
-                // Answer only what looks like a request; garbage gets nothing.
-                if matches!(payload.get(..2), Some([0, 1]) | Some([0, 2])) {
-                    self.refuse(index, peer, local, e.error_code(), e.message());
-                }
+        // allocated at start-up): carrying out the decision needs the ring.
+        let mut raw = std::mem::take(&mut self.scratch.request);
+        raw.clear();
+        let received = self.io.datagram(buffer).and_then(|d| {
+            raw.extend_from_slice(d.payload);
+            let peer = d.peer?;
+            let local = net::parse_pktinfo(d.control, svc_addr.port()).unwrap_or(svc_addr);
+            Some((peer, local, d.truncated))
+        });
+        if let Some((peer, local, truncated)) = received {
+            let c = &self.ctx.counters;
+            c.packets_received.inc();
+            c.bytes_received.add(raw.len() as u64);
+            let decision = self
+                .endpoint
+                .decide(&self.sessions, peer, &raw, truncated, now);
+            self.carry_out(service, peer, local, decision, &raw, now);
+        }
+        self.scratch.request = raw;
+    }
+
+    fn carry_out(
+        &mut self,
+        service: usize,
+        peer: SocketAddr,
+        local: SocketAddr,
+        decision: Decision<'_>,
+        raw: &[u8],
+        now: Instant,
+    ) {
+        let c = &self.ctx.counters;
+        if !matches!(
+            decision,
+            Decision::Ignore(Ignored::Garbage | Ignored::NotARequest | Ignored::Truncated)
+        ) {
+            match raw.get(..2) {
+                Some([0, 1]) => c.requests_read.inc(),
+                Some([0, 2]) => c.requests_write.inc(),
+                _ => {}
             }
         }
-        self.request_scratch = payload;
+        match decision {
+            Decision::Ignore(Ignored::StaleRepeat) => c.requests_stale.inc(),
+            Decision::Ignore(Ignored::Draining) => c.requests_ignored.inc(),
+            Decision::Ignore(_) => c.requests_malformed.inc(),
+            Decision::Refuse(r) => {
+                match r.cause {
+                    Cause::Malformed => c.requests_malformed.inc(),
+                    Cause::Limit => c.sessions_refused_limit.inc(),
+                    Cause::Busy => c.sessions_refused_busy.inc(),
+                    _ => c.sessions_refused.inc(),
+                }
+                self.refuse(service, peer, local, r);
+            }
+            Decision::Repeat(id) => {
+                c.requests_duplicate.inc();
+                if let Some(entry) = self.sessions.get_mut(id) {
+                    entry.session.handle_duplicate_request();
+                }
+                self.pump(id);
+            }
+            Decision::Replace { old, request } => {
+                let outcome = self
+                    .sessions
+                    .get(old)
+                    .map(|e| e.session.outcome_if_replaced());
+                if let Some(outcome) = outcome {
+                    self.retire(old, outcome);
+                }
+                self.open_session(service, peer, local, &request, raw, now);
+            }
+            Decision::Accept(request) => {
+                self.open_session(service, peer, local, &request, raw, now)
+            }
+        }
     }
 
     /// ERROR from the service socket, from the address the request came to.
     pub(super) fn refuse(
         &mut self,
-        index: usize,
+        service: usize,
         peer: SocketAddr,
         local: SocketAddr,
-        code: ErrorCode,
-        message: &str,
+        refusal: Refusal,
     ) {
-        if self.setup.verbose >= 2 {
-            eprintln!("uftpd: refused {peer}: {message}");
+        if self.ctx.verbose >= 2 {
+            eprintln!("uftpd: refused {peer}: {}", refusal.message);
         }
-        let Some(service) = self.service.get(index) else {
+        let Some(svc) = self.services.get(service) else {
             return;
         };
-        let fd = service.fd.as_raw_fd();
-        let source = service.addr.ip().is_unspecified().then_some(local.ip());
-        let Some(send_slot) = self.pool.take() else {
-            self.setup.counters.send_pool_exhausted.inc();
-            return;
-        };
-        let prepared = self
-            .pool
-            .prepare_control(send_slot, peer, source, None, |buf| {
-                wire::encode_error(buf, code, message)
-            });
-        self.submit_send(fd, send_slot, prepared);
+        let source = svc.addr.ip().is_unspecified().then_some(local.ip());
+        let owner = self.owners.service(service);
+        if self
+            .io
+            .send_control(owner, peer, source, |buf| {
+                wire::encode_error(buf, refusal.code, refusal.message)
+            })
+            .is_err()
+        {
+            // No send slot: like a lost datagram, the client asks again.
+            self.ctx.counters.refusals_dropped.inc();
+        }
     }
 
-    pub(super) fn admit(
+    fn open_session(
         &mut self,
-        index: usize,
+        service: usize,
         peer: SocketAddr,
         local: SocketAddr,
         request: &Request<'_>,
         raw: &[u8],
         now: Instant,
     ) {
-        let counters = Arc::clone(&self.setup.counters);
-        match request.kind {
-            RequestKind::Read => counters.requests_read.inc(),
-            RequestKind::Write => counters.requests_write.inc(),
-        }
-        let hash = request_hash(raw);
-        // A repeat from the same client port: the session that is still
-        // waiting for this peer answers it. Anything else from that port
-        // replaces the old session (the client has moved on).
-        if let Some(&existing) = self.by_peer.get(&peer) {
-            if let Some(Some(slot)) = self.slots.get_mut(existing as usize)
-                && slot.request_hash == hash
-                && !slot.session.is_verified()
-            {
-                counters.requests_duplicate.inc();
-                slot.session.handle_duplicate_request();
-                self.pump(existing);
-                return;
-            }
-            self.end_session(existing, None);
-        }
-        if self.draining_since.is_some() {
-            return;
-        }
-        let from_client = self.per_client.get(&peer.ip()).copied().unwrap_or(0);
-        let over_limit = if self.free_slots.is_empty() {
-            Some("Server busy, try again")
-        } else if from_client >= self.setup.sessions_per_client_max {
-            Some("Too many transfers from this address")
-        } else {
-            None
-        };
-        if let Some(message) = over_limit {
-            counters.sessions_refused_limit.inc();
-            self.refuse(index, peer, local, ErrorCode::NotDefined, message);
-            return;
-        }
-        let prepared = match request.kind {
+        let opened = match request.kind {
             RequestKind::Read => self.prepare_read(request, now),
             RequestKind::Write => self.prepare_write(request, now),
         };
-        let (session, store) = match prepared {
-            Ok(p) => p,
-            Err((code, message)) => {
-                counters.sessions_refused.inc();
-                self.refuse(index, peer, local, code, message);
+        let (session, store, payload) = match opened {
+            Ok(parts) => parts,
+            Err(r) => {
+                match r.cause {
+                    Cause::Busy => self.ctx.counters.sessions_refused_busy.inc(),
+                    _ => self.ctx.counters.sessions_refused.inc(),
+                }
+                self.refuse(service, peer, local, r);
                 return;
             }
         };
         let socket = match net::transfer_socket(local) {
             Ok(s) => s,
-            Err(_) => {
-                counters.sessions_refused.inc();
-                self.refuse(
-                    index,
-                    peer,
-                    local,
-                    ErrorCode::NotDefined,
-                    "Cannot open a transfer port",
-                );
+            Err(e) => {
+                let r = if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
+                    self.ctx.counters.sessions_refused_busy.inc();
+                    Refusal::BUSY
+                } else {
+                    self.ctx.counters.sessions_refused.inc();
+                    Refusal::NO_TRANSFER_PORT
+                };
+                self.refuse(service, peer, local, r);
                 return;
             }
         };
-        let large_buffers =
-            RECV_OVERHEAD_BYTES + wire::HEADER_BYTES + usize::from(session.negotiated().blksize)
-                > sizes::SMALL_BUFFER_BYTES;
-        let Some(slot_index) = self.free_slots.pop() else {
-            return;
+        let negotiated = *session.negotiated();
+        let datagram_bytes = wire::HEADER_BYTES + usize::from(negotiated.blksize);
+        let group = match request.kind {
+            // ACKs and ERRORs are small whatever the blksize.
+            RequestKind::Read => {
+                // A whole window fits the socket, so its sends complete at once.
+                net::size_send_buffer(
+                    &socket,
+                    usize::from(negotiated.windowsize) * (datagram_bytes + 64),
+                );
+                Group::Transfers
+            }
+            RequestKind::Write => uring::transfer_group(datagram_bytes),
         };
-        let generation = {
-            let g = &mut self.generations[slot_index as usize];
-            *g = g.wrapping_add(1);
-            *g
-        };
-        self.slots[slot_index as usize] = Some(Slot {
-            generation,
-            session,
-            socket,
-            peer,
+        let slot = Slot {
             store,
-            request_hash: hash,
-            recv_armed: false,
-            closing: false,
+            group,
             gso: true,
-            large_buffers,
-            committing: false,
-            started: now,
+            owed: None,
+            waiting: false,
             filename: request.filename.into(),
-        });
-        self.active += 1;
-        self.by_peer.insert(peer, slot_index);
-        *self.per_client.entry(peer.ip()).or_insert(0) += 1;
-        counters.sessions_accepted.inc();
-        self.arm_transfer(slot_index);
-        self.pump(slot_index);
+        };
+        let id = match self.sessions.insert(peer, raw, session, slot, now) {
+            Ok(id) => id,
+            Err(_) => {
+                // The endpoint checked for room; only a bug gets here.
+                debug_assert!(false, "no slot after the endpoint admitted");
+                self.ctx.counters.sessions_refused_busy.inc();
+                self.refuse(service, peer, local, Refusal::BUSY);
+                return;
+            }
+        };
+        let owner = Owner::new(id.index());
+        if self.io.install(owner, socket).is_err() {
+            self.sessions.release(id);
+            self.ctx.counters.sessions_refused_busy.inc();
+            self.refuse(service, peer, local, Refusal::BUSY);
+            return;
+        }
+        if let Some(payload) = payload {
+            self.io.attach_payload(owner, payload);
+        }
+        self.ctx.counters.sessions_accepted.inc();
+        self.io.arm_recv(owner, group);
+        self.pump(id);
     }
 
-    pub(super) fn prepare_read(
+    #[allow(clippy::type_complexity)]
+    fn prepare_read(
         &mut self,
         request: &Request<'_>,
         now: Instant,
-    ) -> Result<(ServerSession, Store), (ErrorCode, &'static str)> {
+    ) -> Result<(ServerSession, Store, Option<Arc<dyn Payload>>), Refusal> {
         let file = self
-            .setup
+            .ctx
             .root
-            .open_read(request.filename, &mut self.name_scratch)
-            .map_err(path_error)?;
+            .open_read(request.filename, &mut self.scratch.name)
+            .map_err(path_refusal)?;
         let source = match request.mode {
             Mode::Octet => self
-                .setup
+                .ctx
                 .cache
                 .get(&file)
-                .map_err(|_| (ErrorCode::AccessViolation, "Cannot read file"))?,
+                .map_err(|_| Refusal::CANNOT_READ)?,
             Mode::Netascii => {
-                let host = filemap::read_bounded(&file, self.setup.netascii_bytes_max)
-                    .map_err(|_| (ErrorCode::AccessViolation, "Cannot read file"))?
-                    .ok_or((
-                        ErrorCode::NotDefined,
-                        "File too large for netascii; use octet",
-                    ))?;
+                let host = filemap::read_bounded(&file, self.ctx.netascii_bytes_max)
+                    .map_err(|_| Refusal::CANNOT_READ)?
+                    .ok_or(Refusal::NETASCII_TOO_LARGE)?;
                 let mut converted = Vec::new();
                 netascii::encode(&host, &mut converted);
                 Arc::new(Source::Owned(converted))
@@ -246,33 +266,31 @@ impl Shard {
             request,
             source.len(),
             request.mode == Mode::Octet,
-            &self.setup.server,
+            &self.ctx.server,
             now,
-        )
-        .map_err(|r| (r.code, r.message))?;
-        Ok((session, Store::Read(source)))
+        )?;
+        Ok((session, Store::Read, Some(source)))
     }
 
-    pub(super) fn prepare_write(
+    #[allow(clippy::type_complexity)]
+    fn prepare_write(
         &mut self,
         request: &Request<'_>,
         now: Instant,
-    ) -> Result<(ServerSession, Store), (ErrorCode, &'static str)> {
-        if !self.setup.allow_create {
-            return Err((ErrorCode::AccessViolation, "Uploads are disabled"));
+    ) -> Result<(ServerSession, Store, Option<Arc<dyn Payload>>), Refusal> {
+        if !self.ctx.allow_create {
+            return Err(Refusal::UPLOADS_DISABLED);
         }
         // Negotiate first: a tsize over the limit is refused before any file exists.
-        let session = ServerSession::write(request, &self.setup.server, now)
-            .map_err(|r| (r.code, r.message))?;
+        let session = ServerSession::write(request, &self.ctx.server, now)?;
         let upload = Upload::begin(
-            &self.setup.root,
+            &self.ctx.root,
             request.filename,
-            self.setup.server.negotiation.upload_bytes_max,
+            self.ctx.server.negotiation.upload_bytes_max,
         )
         .map_err(|e| match e {
-            UploadError::Refused(r) => path_error(r),
-            UploadError::DiskFull => (ErrorCode::DiskFull, "Disk full or allocation exceeded"),
-            UploadError::Io(_) => (ErrorCode::AccessViolation, "Cannot create file"),
+            UploadError::Io(_) => Refusal::CANNOT_CREATE,
+            other => disk_refusal(other),
         })?;
         let netascii = (request.mode == Mode::Netascii).then(netascii::Decoder::default);
         Ok((
@@ -281,19 +299,7 @@ impl Shard {
                 upload: Some(upload),
                 netascii,
             },
+            None,
         ))
-    }
-}
-
-fn request_hash(bytes: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-fn path_error(r: PathRefusal) -> (ErrorCode, &'static str) {
-    match r {
-        PathRefusal::NotFound => (ErrorCode::FileNotFound, "File not found"),
-        PathRefusal::AccessViolation => (ErrorCode::AccessViolation, "Access violation"),
     }
 }

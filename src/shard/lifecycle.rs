@@ -1,32 +1,40 @@
-//! How transfers end: timer scans, retiring a session (counting its
-//! outcome, settling its upload, cancelling its receive before its socket
-//! closes), and the shutdown drain.
+//! How sessions end: timer scans, retiring a session (counting its outcome,
+//! logging it, handing its owner back to the ring), releasing its slot once
+//! the ring says its I/O has settled, and the shutdown drain.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use io_uring::opcode;
-
+use crate::proto::sessions::SessionId;
 use crate::proto::transfer::Outcome;
 use crate::proto::wire::{ErrorCode, RequestKind};
+use crate::uring::Owner;
 
-use super::ring::Tag;
-use super::{IDLE_WAKE_MS, Shard, Store};
+use super::{IDLE_WAKE_MS, Role, Shard};
+
+/// After the grace period, how long aborted sessions may take to send
+/// their ERROR and settle before the shard stops anyway.
+const SETTLE_AFTER_GRACE_MS: u64 = 1000;
+/// With no session left, how long to wait for the service sockets and the
+/// last sends to settle.
+const SETTLE_IDLE_MS: u64 = 500;
 
 impl Shard {
     pub(super) fn scan_timers(&mut self, now: Instant) {
         self.next_timer_scan = now + Duration::from_millis(IDLE_WAKE_MS);
-        for index in 0..self.slots.len() as u32 {
-            let due = match self.slots.get(index as usize) {
-                Some(Some(slot)) if !slot.closing => slot.session.poll_timeout(),
-                _ => continue,
+        for index in 0..self.sessions.capacity() as u32 {
+            let Some(id) = self.sessions.id_at(index) else {
+                continue;
             };
-            match due {
+            let Some(entry) = self.sessions.get_mut(id) else {
+                continue;
+            };
+            if !entry.is_live() {
+                continue;
+            }
+            match entry.session.poll_timeout() {
                 Some(deadline) if deadline <= now => {
-                    if let Some(Some(slot)) = self.slots.get_mut(index as usize) {
-                        slot.session.handle_timeout(now);
-                    }
-                    self.pump(index);
+                    entry.session.handle_timeout(now);
+                    self.pump(id);
                 }
                 Some(deadline) => self.next_timer_scan = self.next_timer_scan.min(deadline),
                 None => {}
@@ -34,130 +42,122 @@ impl Shard {
         }
     }
 
-    /// Retires a session: counts its outcome, settles its upload, and
-    /// cancels its receive; the socket closes when the cancel completes.
-    pub(super) fn end_session(&mut self, slot_index: u32, outcome: Option<Outcome>) {
-        let counters = Arc::clone(&self.setup.counters);
-        let verbose = self.setup.verbose;
-        let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
+    /// Ends a live session: counts and logs its outcome, takes it out of the
+    /// table's index (its peer may start over at once) and retires its ring
+    /// owner. Its slot, socket and files stay until the ring reports that
+    /// every operation on them has completed ([`Shard::release_settled`]).
+    pub(super) fn retire(&mut self, id: SessionId, outcome: Outcome) {
+        let Some(entry) = self.sessions.get(id) else {
             return;
         };
-        if slot.closing {
+        if !entry.is_live() {
             return;
         }
-        slot.closing = true;
+        let c = &self.ctx.counters;
         match outcome {
-            Some(Outcome::Complete) => counters.transfers_completed.inc(),
-            Some(Outcome::CompleteUnconfirmed) => counters.transfers_unconfirmed.inc(),
-            Some(Outcome::TimedOut) => counters.failed_timeout.inc(),
-            Some(Outcome::NoResponse) => counters.failed_no_response.inc(),
-            Some(Outcome::PeerError(_)) => counters.failed_peer_error.inc(),
-            Some(Outcome::Unreachable) => counters.failed_unreachable.inc(),
-            Some(Outcome::Aborted(_)) | None => counters.failed_aborted.inc(),
+            Outcome::Complete => c.transfers_completed.inc(),
+            Outcome::CompleteUnconfirmed => c.transfers_unconfirmed.inc(),
+            Outcome::TimedOut => c.failed_timeout.inc(),
+            Outcome::NoResponse => c.failed_no_response.inc(),
+            Outcome::PeerError(_) => c.failed_peer_error.inc(),
+            Outcome::Unreachable => c.failed_unreachable.inc(),
+            Outcome::Aborted(_) => c.failed_aborted.inc(),
+            Outcome::Replaced => c.transfers_replaced.inc(),
         }
-        if let Some(sender) = slot.session.sender() {
-            counters.blocks_resent.add(sender.counters().blocks_resent);
+        if let Some(sender) = entry.session.sender() {
+            c.blocks_resent.add(sender.counters().blocks_resent);
         }
-        if let Store::Write { upload, .. } = &mut slot.store {
-            // Dropping an uncommitted upload discards it.
-            upload.take();
-        }
-        if verbose >= 1 {
+        if self.ctx.verbose >= 1 {
+            let read = entry.session.kind() == RequestKind::Read;
             eprintln!(
                 "uftpd: {} {} {} {}: {} after {} ms",
-                match slot.session.kind() {
-                    RequestKind::Read => "RRQ",
-                    RequestKind::Write => "WRQ",
-                },
-                String::from_utf8_lossy(&slot.filename),
-                if slot.session.kind() == RequestKind::Read {
-                    "to"
-                } else {
-                    "from"
-                },
-                slot.peer,
-                outcome.map_or_else(
-                    || "replaced by a new request".to_string(),
-                    |o| o.to_string()
-                ),
-                slot.started.elapsed().as_millis()
+                if read { "RRQ" } else { "WRQ" },
+                String::from_utf8_lossy(&entry.io.filename),
+                if read { "to" } else { "from" },
+                entry.peer,
+                outcome,
+                entry.started.elapsed().as_millis()
             );
         }
-        let peer = slot.peer;
-        let recv_armed = slot.recv_armed;
-        let generation = slot.generation;
-        let large = slot.large_buffers;
-        if self.by_peer.get(&peer) == Some(&slot_index) {
-            self.by_peer.remove(&peer);
-        }
-        if let Some(n) = self.per_client.get_mut(&peer.ip()) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_client.remove(&peer.ip());
-            }
-        }
-        if recv_armed {
-            // Cancel before close: the fd must not be reused under a live op.
-            let target = Tag::TransferRecv {
-                slot: slot_index,
-                generation,
-                large,
-            }
-            .encode();
-            let sqe = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(Tag::Cancel.encode());
-            self.push(sqe);
-        } else {
-            self.free_slot(slot_index);
-        }
+        self.sessions.retire(id, outcome);
+        self.io.retire(Owner::new(id.index()));
     }
 
-    pub(super) fn free_slot(&mut self, slot_index: u32) {
-        if let Some(entry) = self.slots.get_mut(slot_index as usize)
-            && entry.take().is_some()
-        {
-            self.active -= 1;
-            self.free_slots.push(slot_index);
+    /// Frees the slots of sessions whose ring owners have settled: their
+    /// sockets are closed and maps dropped by the ring; uploads that were
+    /// never published vanish here.
+    pub(super) fn release_settled(&mut self) {
+        let mut released = std::mem::take(&mut self.released);
+        self.io.release_settled(&mut released);
+        for &owner in &released {
+            match self.owners.role(owner) {
+                Role::Session(index) => {
+                    if let Some(id) = self.sessions.id_at(index) {
+                        debug_assert!(self.sessions.get(id).is_some_and(|e| !e.is_live()));
+                        self.sessions.release(id);
+                    }
+                }
+                Role::Service(i) => {
+                    if let Some(s) = self.services.get_mut(i) {
+                        s.open = false;
+                    }
+                }
+                Role::Wake => {}
+            }
         }
+        self.released = released;
     }
 
     /// Shutdown: stop taking requests, let transfers finish within the
     /// grace period, then end the rest. Returns true when the shard may exit.
     pub(super) fn drain(&mut self, now: Instant) -> bool {
-        let since = *self.draining_since.get_or_insert(now);
-        if since == now {
-            // Closing the service sockets takes us out of the REUSEPORT group.
-            for i in 0..self.service.len() {
-                let target = Tag::ServiceRecv { socket: i as u32 }.encode();
-                let sqe = opcode::AsyncCancel::new(target)
-                    .build()
-                    .user_data(Tag::Cancel.encode());
-                self.push(sqe);
+        let since = match self.draining_since {
+            Some(t) => t,
+            None => {
+                self.draining_since = Some(now);
+                self.endpoint.start_draining();
+                // Close the service sockets now: the kernel then hands new
+                // requests to the sockets that are still read (a server
+                // started beside us), not to a queue nobody reads.
+                for i in 0..self.services.len() {
+                    self.io.retire(self.owners.service(i));
+                }
+                now
             }
-        }
+        };
+        let elapsed = now.duration_since(since);
         // Finished uploads only dally; their files are already in place.
-        for index in 0..self.slots.len() as u32 {
-            if matches!(self.slots.get(index as usize), Some(Some(s)) if !s.closing && !s.committing && s.session.is_dallying())
+        for index in 0..self.sessions.capacity() as u32 {
+            if let Some(id) = self.sessions.id_at(index)
+                && self
+                    .sessions
+                    .get(id)
+                    .is_some_and(|e| e.is_live() && e.session.is_dallying())
             {
-                self.end_session(index, Some(Outcome::Complete));
+                self.retire(id, Outcome::Complete);
             }
         }
-        let live = self.slots.iter().flatten().filter(|s| !s.closing).count();
-        if live == 0 {
-            return self.active == 0 || now.duration_since(since) > Duration::from_millis(500);
+        let services_open = self.services.iter().any(|s| s.open);
+        if self.sessions.live() == 0 {
+            let settled = self.sessions.occupied() == 0 && !services_open;
+            return settled || elapsed > Duration::from_millis(SETTLE_IDLE_MS);
         }
-        if now.duration_since(since) > Duration::from_millis(self.setup.grace_ms) {
-            for index in 0..self.slots.len() as u32 {
-                if let Some(Some(slot)) = self.slots.get_mut(index as usize)
-                    && !slot.closing
+        let grace = Duration::from_millis(self.ctx.grace_ms);
+        if elapsed > grace {
+            for index in 0..self.sessions.capacity() as u32 {
+                let Some(id) = self.sessions.id_at(index) else {
+                    continue;
+                };
+                if let Some(entry) = self.sessions.get_mut(id)
+                    && entry.is_live()
                 {
-                    slot.session
+                    entry
+                        .session
                         .abort(ErrorCode::NotDefined, "Server shutting down");
-                    self.pump(index);
+                    self.pump(id);
                 }
             }
-            return true;
+            return elapsed > grace + Duration::from_millis(SETTLE_AFTER_GRACE_MS);
         }
         false
     }

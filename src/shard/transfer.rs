@@ -1,389 +1,333 @@
 //! Running transfers: packets on their own sockets, the sends their
-//! sessions ask for (GSO windows sliced from the file map), and send
-//! completions (GSO fallback, truncated files, ICMP from a departed peer).
+//! sessions ask for (GSO windows sliced from the file map), back-pressure
+//! when the send pool is short, upload commits, and send completions (GSO
+//! fallback, truncated files, ICMP from a departed peer).
 
-use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::time::Instant;
 
-use io_uring::{cqueue, opcode, types};
-
-use crate::cache::{Source, UploadError};
-use crate::proto::server::{Event, ServerSession};
+use crate::proto::server::Event;
+use crate::proto::sessions::SessionId;
 use crate::proto::transfer::Transmit;
 use crate::proto::wire::{self, ErrorCode, Packet};
+use crate::sys::net;
+use crate::uring::{self, Buffer, Owner, SendDone, SendError};
 
-use super::ring::Tag;
-use super::send::{self, Owner};
-use super::{Shard, Slot, Store, net};
+use super::admit::disk_refusal;
+use super::slot::{COMMIT_DIR, COMMIT_FILE, Store};
+use super::{PUMP_TRANSMITS_MAX, Role, Shard};
+
+/// What a datagram on a transfer socket leads to, once its buffer is done with.
+enum After {
+    Nothing,
+    Pump,
+    /// The last block of an upload is stored: make it durable.
+    Commit,
+    /// From a stray TID: answer it with ERROR 5 (unless it is an ERROR).
+    Stray(std::net::SocketAddr),
+}
 
 impl Shard {
-    pub(super) fn on_transfer_recv(
-        &mut self,
-        slot_index: u32,
-        generation: u32,
-        large: bool,
-        result: i32,
-        flags: u32,
-        now: Instant,
-    ) {
-        let more = cqueue::more(flags);
-        let live = matches!(self.slots.get(slot_index as usize), Some(Some(s)) if s.generation == generation);
-        if result >= 0 && live {
-            if let Some(bid) = cqueue::buffer_select(flags) {
-                self.on_transfer_datagram(slot_index, bid, large, result as usize, now);
-            }
-        } else if result == -libc::ENOBUFS {
-            self.setup.counters.receive_buffers_exhausted.inc();
-        } else if result == -libc::ECONNREFUSED && live {
-            self.check_unreachable(slot_index);
-        }
-        self.recycle(flags, large);
-        if !more && live {
-            let closing = match self.slots.get_mut(slot_index as usize) {
-                Some(Some(slot)) => {
-                    slot.recv_armed = false;
-                    slot.closing
-                }
-                _ => return,
+    pub(super) fn on_transfer_datagram(&mut self, owner: Owner, buffer: Buffer, now: Instant) {
+        let Some(id) = self.sessions.id_at(owner.index()) else {
+            return;
+        };
+        let after = {
+            let Some(dgram) = self.io.datagram(buffer) else {
+                return;
             };
-            if closing {
-                self.free_slot(slot_index);
-            } else {
-                self.arm_transfer(slot_index);
-            }
-        }
-    }
-
-    pub(super) fn on_transfer_datagram(
-        &mut self,
-        slot_index: u32,
-        bid: u16,
-        large: bool,
-        len: usize,
-        now: Instant,
-    ) {
-        let counters = Arc::clone(&self.setup.counters);
-        let ring = if large { &self.large } else { &self.small };
-        let Some(buf) = ring.buffer(bid, len) else {
-            return;
-        };
-        let Ok(msg) = io_uring::types::RecvMsgOut::parse(buf, &self.transfer_msghdr) else {
-            return;
-        };
-        let Some(from) = net::parse_sockaddr(msg.name_data()) else {
-            return;
-        };
-        let payload = msg.payload_data();
-        counters.packets_received.inc();
-        counters.bytes_received.add(payload.len() as u64);
-        let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
-            return;
-        };
-        if slot.closing {
-            return;
-        }
-        let packet = Packet::parse(payload);
-        if from != slot.peer {
-            // RFC 1350 §4: a stray TID gets ERROR 5; the transfer goes on.
-            counters.stray_packets.inc();
-            if !matches!(packet, Ok(Packet::Error { .. })) {
-                let fd = slot.socket.as_raw_fd();
-                let owner = Owner {
-                    slot: slot_index,
-                    generation: slot.generation,
-                };
-                self.send_control(
-                    fd,
-                    from,
-                    owner,
-                    Transmit::Error {
-                        code: ErrorCode::UnknownTid,
-                        message: "Unknown transfer ID",
-                    },
-                );
-            }
-            return;
-        }
-        let Ok(packet) = packet else {
-            return; // malformed from the peer: ignore, its retransmit will do
-        };
-        if msg.is_payload_truncated() {
-            return;
-        }
-        let before = duplicates(&slot.session);
-        let event = slot.session.handle(&packet, now);
-        let after = duplicates(&slot.session);
-        counters
-            .duplicates_ignored
-            .add(after.saturating_sub(before));
-        if let (Event::Store { last, .. }, Packet::Data { payload, .. }) = (event, packet) {
-            match store_block(slot, payload, last, &mut self.decode_scratch) {
-                Err((code, message)) => slot.session.abort(code, message),
-                Ok(()) if last => {
-                    self.start_commit(slot_index);
-                    return;
+            let c = &self.ctx.counters;
+            c.packets_received.inc();
+            c.bytes_received.add(dgram.payload.len() as u64);
+            let Some(entry) = self.sessions.get_mut(id) else {
+                return;
+            };
+            let Some(from) = dgram.peer else {
+                return;
+            };
+            let packet = Packet::parse(dgram.payload);
+            if !entry.is_live() {
+                After::Nothing
+            } else if from != entry.peer {
+                // RFC 1350 §4: a stray TID gets ERROR 5; the transfer goes on.
+                c.stray_packets.inc();
+                if matches!(packet, Ok(Packet::Error { .. })) {
+                    After::Nothing
+                } else {
+                    After::Stray(from)
                 }
-                Ok(()) => {}
+            } else if dgram.truncated {
+                After::Nothing
+            } else if let Ok(packet) = packet {
+                let before = duplicates(&entry.session);
+                let event = entry.session.handle(&packet, now);
+                c.duplicates_ignored
+                    .add(duplicates(&entry.session).saturating_sub(before));
+                match (event, packet) {
+                    (Event::Store { last, .. }, Packet::Data { payload, .. }) => {
+                        match store_block(
+                            &mut entry.io.store,
+                            payload,
+                            last,
+                            &mut self.scratch.decode,
+                        ) {
+                            Err(e) => {
+                                entry.session.abort(e.code, e.message);
+                                After::Pump
+                            }
+                            Ok(()) if last => After::Commit,
+                            Ok(()) => After::Pump,
+                        }
+                    }
+                    _ => After::Pump,
+                }
+            } else {
+                // Malformed from the peer: ignore it, its retransmit will do.
+                After::Nothing
+            }
+        };
+        match after {
+            After::Nothing => {}
+            After::Pump => self.pump(id),
+            After::Commit => {
+                self.start_commit(id);
+                self.pump(id);
+            }
+            After::Stray(from) => {
+                let sent = self.io.send_control(owner, from, None, |buf| {
+                    wire::encode_error(buf, ErrorCode::UnknownTid, "Unknown transfer ID")
+                });
+                if sent.is_err() {
+                    self.ctx.counters.refusals_dropped.inc();
+                }
             }
         }
-        self.pump(slot_index);
     }
 
     /// The last block of an upload is in: fsync the file through the ring
-    /// (no thread waits on the disk), and hold the final ACK until the file
-    /// is durable under its name. `on_commit_step` takes it from there.
-    fn start_commit(&mut self, slot_index: u32) {
-        let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
+    /// (no thread waits on the disk). The receiver holds the final ACK until
+    /// `on_commit_step` says the file is durable under its name.
+    fn start_commit(&mut self, id: SessionId) {
+        let Some(entry) = self.sessions.get(id) else {
             return;
         };
-        let Store::Write {
+        if let Store::Write {
             upload: Some(up), ..
-        } = &slot.store
-        else {
-            return;
-        };
-        let sqe = opcode::Fsync::new(types::Fd(up.file_fd()))
-            .build()
-            .user_data(
-                Tag::Commit {
-                    slot: slot_index,
-                    generation: slot.generation,
-                }
-                .encode(),
-            );
-        slot.committing = true;
-        self.push(sqe);
+        } = &entry.io.store
+        {
+            self.io
+                .fsync(Owner::new(id.index()), up.file_fd(), COMMIT_FILE);
+        }
     }
 
     /// A commit fsync completed: after the file's, publish the name and
-    /// fsync the directory; after the directory's, release the final ACK.
-    pub(super) fn on_commit_step(&mut self, slot_index: u32, generation: u32, result: i32) {
-        let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
+    /// fsync the directory; after the directory's, the final ACK may go.
+    /// Only a live session that is committing acts on it; a session retired
+    /// meanwhile (replaced, shut down) has nobody to tell.
+    pub(super) fn on_commit_step(&mut self, owner: Owner, step: u32, result: i32, now: Instant) {
+        let Some(id) = self.sessions.id_at(owner.index()) else {
             return;
         };
-        if slot.generation != generation || !slot.committing {
+        let Shard { sessions, io, .. } = self;
+        let Some(entry) = sessions.get_mut(id) else {
+            return;
+        };
+        if !entry.is_live() || !entry.session.is_committing() {
             return;
         }
-        let Store::Write { upload, .. } = &mut slot.store else {
+        let Store::Write { upload, .. } = &mut entry.io.store else {
             return;
         };
-        let step = match upload.as_mut() {
-            None => Err((ErrorCode::NotDefined, "Write failed")),
-            Some(_) if result < 0 => Err(disk_error(UploadError::from(
+        let next = match upload.as_mut() {
+            None => Err(disk_refusal(crate::cache::UploadError::Io(
+                std::io::Error::from_raw_os_error(libc::EBADF),
+            ))),
+            Some(_) if result < 0 => Err(disk_refusal(crate::cache::UploadError::from(
                 std::io::Error::from_raw_os_error(-result),
             ))),
-            Some(up) if !up.is_published() => up.publish().map_err(disk_error).map(|()| {
-                Some(
-                    opcode::Fsync::new(types::Fd(up.dir_fd()))
-                        .build()
-                        .user_data(
-                            Tag::Commit {
-                                slot: slot_index,
-                                generation,
-                            }
-                            .encode(),
-                        ),
-                )
+            Some(up) if step == COMMIT_FILE => up.publish().map_err(disk_refusal).map(|()| {
+                io.fsync(owner, up.dir_fd(), COMMIT_DIR);
+                true
             }),
-            Some(_) => Ok(None), // the directory is synced: done
+            Some(_) => Ok(false), // the directory is synced: done
         };
-        match step {
-            Ok(Some(dir_sync)) => {
-                self.push(dir_sync);
-                return;
-            }
-            Ok(None) => {}
-            Err((code, message)) => slot.session.abort(code, message),
+        match next {
+            Ok(true) => return, // the directory's fsync is on its way
+            Ok(false) => entry.session.commit_done(now),
+            Err(r) => entry.session.commit_failed(r),
         }
-        *upload = None; // an unpublished upload vanishes here
-        slot.committing = false;
-        self.pump(slot_index);
+        // No fsync of its files is in flight now: close them (an upload
+        // that was not published vanishes here).
+        *upload = None;
+        self.pump(id);
     }
 
-    pub(super) fn send_control(
-        &mut self,
-        fd: i32,
-        dest: SocketAddr,
-        owner: Owner,
-        transmit: Transmit,
-    ) {
-        let Some(send_slot) = self.pool.take() else {
-            self.setup.counters.send_pool_exhausted.inc();
-            return;
-        };
-        let prepared = self
-            .pool
-            .prepare_control(send_slot, dest, None, Some(owner), |buf| match transmit {
-                Transmit::Error { code, message } => wire::encode_error(buf, code, message),
-                Transmit::Ack { block } => wire::encode_ack(buf, block),
-                _ => None,
-            });
-        self.submit_send(fd, send_slot, prepared);
-    }
-
-    pub(super) fn submit_send(
-        &mut self,
-        fd: i32,
-        send_slot: u32,
-        prepared: Option<*const libc::msghdr>,
-    ) {
-        match prepared {
-            Some(msg) => {
-                let sqe = opcode::SendMsg::new(types::Fd(fd), msg)
-                    .build()
-                    .user_data(Tag::Send { send_slot }.encode());
-                self.push_send(sqe);
-            }
-            None => {
-                self.pool.release(send_slot);
-            }
-        }
-    }
-
-    /// Turns everything the session wants sent into SQEs, then retires the
-    /// session if it has ended.
-    pub(super) fn pump(&mut self, slot_index: u32) {
-        // An upload being made durable keeps its final ACK (and its ending)
-        // until `on_commit_step` is done.
-        if matches!(self.slots.get(slot_index as usize), Some(Some(s)) if s.committing) {
-            return;
-        }
-        for _ in 0..4 {
-            let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
+    /// Turns what the session wants sent into sends, then retires the
+    /// session if it has ended and owes nothing more.
+    pub(super) fn pump(&mut self, id: SessionId) {
+        for _ in 0..PUMP_TRANSMITS_MAX {
+            let Some(entry) = self.sessions.get_mut(id) else {
                 return;
             };
-            let Some(transmit) = slot.session.poll_transmit() else {
+            if !entry.is_live() {
+                return;
+            }
+            // The newest transmit supersedes an owed one: a new window
+            // starts at or before it, an ERROR ends everything.
+            let next = match entry.session.poll_transmit() {
+                Some(t) => {
+                    entry.io.owed = None;
+                    t
+                }
+                None => match entry.io.owed.take() {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            if let Err(rest) = self.transmit(id, next) {
+                self.owe(id, rest);
                 break;
-            };
-            let fd = slot.socket.as_raw_fd();
-            let peer = slot.peer;
-            let owner = Owner {
-                slot: slot_index,
-                generation: slot.generation,
-            };
-            match transmit {
-                Transmit::Data { first, count } => {
-                    let Store::Read(source) = &slot.store else {
-                        continue;
-                    };
-                    let source = Arc::clone(source);
-                    let blksize = slot.session.negotiated().blksize;
-                    let gso = slot.gso;
-                    self.send_blocks(fd, peer, owner, &source, blksize, first, count, gso);
-                }
-                other => {
-                    let Some(send_slot) = self.pool.take() else {
-                        self.setup.counters.send_pool_exhausted.inc();
-                        continue;
-                    };
-                    let prepared = {
-                        let Some(Some(slot)) = self.slots.get(slot_index as usize) else {
-                            return;
-                        };
-                        self.pool
-                            .prepare_control(send_slot, peer, None, Some(owner), |buf| {
-                                slot.session.encode_control(other, buf)
-                            })
-                    };
-                    self.submit_send(fd, send_slot, prepared);
-                }
             }
         }
-        let Some(Some(slot)) = self.slots.get(slot_index as usize) else {
+        let Some(entry) = self.sessions.get(id) else {
             return;
         };
-        if let Some(deadline) = slot.session.poll_timeout() {
+        if let Some(deadline) = entry.session.poll_timeout() {
             self.next_timer_scan = self.next_timer_scan.min(deadline);
         }
-        if let Some(outcome) = slot.session.outcome() {
-            self.end_session(slot_index, Some(outcome));
+        if let Some(outcome) = entry.session.outcome()
+            && entry.io.owed.is_none()
+        {
+            self.retire(id, outcome);
         }
     }
 
-    /// DATA blocks as GSO sends of up to `gso_segments` blocks each (or one
-    /// datagram per send when GSO is off for this session).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn send_blocks(
-        &mut self,
-        fd: i32,
-        peer: SocketAddr,
-        owner: Owner,
-        source: &Arc<Source>,
-        blksize: u16,
-        first: u64,
-        count: u16,
-        gso: bool,
-    ) {
-        let per_send = if gso {
-            send::gso_segments(blksize) as u64
-        } else {
-            1
+    /// Keeps what did not fit the send pool; it goes out when slots free up.
+    fn owe(&mut self, id: SessionId, rest: Transmit) {
+        let Some(entry) = self.sessions.get_mut(id) else {
+            return;
         };
-        let end = first + u64::from(count);
-        let mut at = first;
-        while at < end {
-            let n = (end - at).min(per_send) as u16;
-            let Some(send_slot) = self.pool.take() else {
-                // Treated as loss: the retransmit timer covers it.
-                self.setup.counters.send_pool_exhausted.inc();
-                return;
+        entry.io.owed = Some(rest);
+        self.ctx.counters.sends_deferred.inc();
+        if !entry.io.waiting {
+            entry.io.waiting = true;
+            self.waiting.push_back(id);
+        }
+    }
+
+    /// After completions freed send slots: the sessions that were waiting
+    /// for them send what they owe, in the order they stalled.
+    pub(super) fn resume_waiting(&mut self) {
+        for _ in 0..self.waiting.len() {
+            if self.io.sends_available() == 0 {
+                break;
+            }
+            let Some(id) = self.waiting.pop_front() else {
+                break;
             };
-            let prepared = self
-                .pool
-                .prepare_data(send_slot, peer, owner, source, blksize, at, n);
-            self.submit_send(fd, send_slot, prepared);
-            at += u64::from(n);
+            let Some(entry) = self.sessions.get_mut(id) else {
+                continue;
+            };
+            entry.io.waiting = false;
+            self.pump(id);
         }
     }
 
-    pub(super) fn on_send_done(&mut self, send_slot: u32, result: i32) {
-        let counters = Arc::clone(&self.setup.counters);
-        let Some(slot) = self.pool.get(send_slot) else {
-            return;
+    /// Queues one transmit; `Err` is the part that found no send slot.
+    fn transmit(&mut self, id: SessionId, transmit: Transmit) -> Result<(), Transmit> {
+        let Shard {
+            sessions, io, ctx, ..
+        } = self;
+        let Some(entry) = sessions.get(id) else {
+            return Ok(());
         };
-        let (owner, blocks, gso, bytes) = (slot.owner, slot.blocks, slot.gso, slot.bytes);
-        self.pool.release(send_slot);
+        let owner = Owner::new(id.index());
+        let peer = entry.peer;
+        match transmit {
+            Transmit::Data { first, count } => {
+                let blksize = entry.session.negotiated().blksize;
+                let per_send = if entry.io.gso {
+                    uring::gso_segments(blksize) as u64
+                } else {
+                    1
+                };
+                let end = first + u64::from(count);
+                let mut at = first;
+                while at < end {
+                    let n = (end - at).min(per_send) as u16;
+                    match io.send_data(owner, peer, blksize, at, n) {
+                        Ok(()) => at += u64::from(n),
+                        Err(SendError::NoSlot) => {
+                            return Err(Transmit::Data {
+                                first: at,
+                                count: (end - at) as u16,
+                            });
+                        }
+                        // Cannot happen for a live RRQ; the timer resends.
+                        Err(SendError::Encode | SendError::NoFile) => {
+                            ctx.counters.send_errors.inc();
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            control => {
+                match io.send_control(owner, peer, None, |buf| {
+                    entry.session.encode_control(control, buf)
+                }) {
+                    Ok(()) => Ok(()),
+                    Err(SendError::NoSlot) => Err(control),
+                    Err(SendError::Encode | SendError::NoFile) => {
+                        ctx.counters.send_errors.inc();
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_send_done(&mut self, owner: Owner, done: SendDone, result: i32) {
+        let c = &self.ctx.counters;
         if result >= 0 {
-            counters
-                .packets_sent
-                .add(blocks.map_or(1, |(_, n)| u64::from(n)));
-            counters.bytes_sent.add(bytes as u64);
+            c.packets_sent.add(u64::from(done.datagrams));
+            c.bytes_sent.add(done.bytes as u64);
             return;
         }
-        counters.send_errors.inc();
-        let Some(owner) = owner else { return };
-        let Some(Some(slot)) = self.slots.get_mut(owner.slot as usize) else {
+        c.send_errors.inc();
+        let Role::Session(index) = self.owners.role(owner) else {
             return;
         };
-        if slot.generation != owner.generation || slot.closing {
+        let Some(id) = self.sessions.id_at(index) else {
+            return;
+        };
+        let Some(entry) = self.sessions.get_mut(id) else {
+            return;
+        };
+        if !entry.is_live() {
             return;
         }
         match -result {
             // The segment is larger than the path MTU or the device cannot
             // offload: resend these blocks one datagram at a time from now on.
-            libc::EINVAL | libc::EIO | libc::EMSGSIZE if gso => {
-                slot.gso = false;
-                if let (Some((first, count)), Store::Read(source)) = (blocks, &slot.store) {
-                    let source = Arc::clone(source);
-                    let (fd, peer, blksize) = (
-                        slot.socket.as_raw_fd(),
-                        slot.peer,
-                        slot.session.negotiated().blksize,
-                    );
-                    self.send_blocks(fd, peer, owner, &source, blksize, first, count, false);
+            libc::EINVAL | libc::EIO | libc::EMSGSIZE if done.gso => {
+                entry.io.gso = false;
+                if let Some((first, count)) = done.blocks
+                    && entry.io.owed.is_none()
+                    && let Err(rest) = self.transmit(id, Transmit::Data { first, count })
+                {
+                    self.owe(id, rest);
                 }
             }
             // An ICMP error is pending on the socket: see whose it is.
-            libc::ECONNREFUSED => self.check_unreachable(owner.slot),
+            libc::ECONNREFUSED => self.on_icmp_error(owner),
             // The file shrank under its map: the kernel's copy faulted.
             libc::EFAULT => {
-                slot.session
+                entry
+                    .session
                     .abort(ErrorCode::NotDefined, "File changed during transfer");
-                self.pump(owner.slot);
+                self.pump(id);
             }
-            // Anything else (ENOBUFS, ECONNREFUSED...) is loss; timers cover it.
+            // Anything else (ENOBUFS, EAGAIN...) is loss; the timer resends.
             _ => {}
         }
     }
@@ -392,41 +336,43 @@ impl Shard {
     /// peer's own port is closed, the client has gone and the session ends
     /// now rather than after its whole retry schedule. Errors for other
     /// addresses (an ERROR 5 we sent to a stray port) are discarded.
-    pub(super) fn check_unreachable(&mut self, slot_index: u32) {
-        let Some(Some(slot)) = self.slots.get_mut(slot_index as usize) else {
+    pub(super) fn on_icmp_error(&mut self, owner: Owner) {
+        let Role::Session(index) = self.owners.role(owner) else {
             return;
         };
-        if slot.closing || !net::peer_port_unreachable(&slot.socket, slot.peer) {
+        let Some(id) = self.sessions.id_at(index) else {
+            return;
+        };
+        let Some(entry) = self.sessions.get_mut(id) else {
+            return;
+        };
+        let Some(fd) = self.io.file(owner) else {
+            return;
+        };
+        if !entry.is_live() || !net::peer_port_unreachable(&fd, entry.peer) {
             return;
         }
-        slot.session.handle_unreachable();
-        self.pump(slot_index);
+        entry.session.handle_unreachable();
+        self.pump(id);
     }
 }
 
-fn duplicates(session: &ServerSession) -> u64 {
+fn duplicates(session: &crate::proto::server::ServerSession) -> u64 {
     session.sender().map_or(0, |s| s.counters().duplicate_acks)
         + session
             .receiver()
             .map_or(0, |r| r.counters().duplicate_blocks)
 }
 
-fn disk_error(e: UploadError) -> (ErrorCode, &'static str) {
-    match e {
-        UploadError::DiskFull => (ErrorCode::DiskFull, "Disk full or allocation exceeded"),
-        _ => (ErrorCode::NotDefined, "Write failed"),
-    }
-}
-
 /// Writes an accepted DATA payload of an upload (the page cache absorbs
-/// it; durability comes from the fsync at the end).
+/// it; durability comes from the fsyncs at the end).
 fn store_block(
-    slot: &mut Slot,
+    store: &mut Store,
     payload: &[u8],
     last: bool,
     scratch: &mut Vec<u8>,
-) -> Result<(), (ErrorCode, &'static str)> {
-    let Store::Write { upload, netascii } = &mut slot.store else {
+) -> Result<(), crate::proto::refusal::Refusal> {
+    let Store::Write { upload, netascii } = store else {
         return Ok(());
     };
     let Some(up) = upload.as_mut() else {
@@ -435,13 +381,13 @@ fn store_block(
     match netascii {
         Some(decoder) => {
             decoder.decode(payload, scratch);
-            up.write(scratch).map_err(disk_error)?;
+            up.write(scratch).map_err(disk_refusal)?;
             if last {
                 decoder.finish(scratch);
-                up.write(scratch).map_err(disk_error)?;
+                up.write(scratch).map_err(disk_refusal)?;
             }
         }
-        None => up.write(payload).map_err(disk_error)?,
+        None => up.write(payload).map_err(disk_refusal)?,
     }
     Ok(())
 }

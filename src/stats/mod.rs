@@ -1,6 +1,8 @@
 //! Per-shard counters. Each shard is the only writer of its own block, so an
 //! increment is a plain relaxed load + store (no locked instruction on the
 //! packet path); any other thread may read a consistent-enough snapshot.
+//! The shard reaches its block through a plain borrow, never a clone of its
+//! `Arc`, so counting costs no atomic read-modify-write either.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,13 +45,20 @@ counters! {
     requests_write,
     /// Datagrams to the service port that were not a valid request.
     requests_malformed,
-    /// Repeats of a request whose session was still waiting for the peer.
+    /// Repeats of a request whose session was still waiting for the peer
+    /// (answered by that session).
     requests_duplicate,
+    /// Delayed copies of a request whose session was under way (ignored).
+    requests_stale,
+    /// Requests ignored because the server was shutting down.
+    requests_ignored,
     sessions_accepted,
-    /// Refused for a file or path reason (ERROR 1, 2, 4, 8).
+    /// Refused for a file, path or option reason (ERROR 1, 2, 3, 8).
     sessions_refused,
-    /// Refused because a session or per-client limit was reached.
+    /// Refused because the per-client limit was reached.
     sessions_refused_limit,
+    /// Refused because no session slot or descriptor was free.
+    sessions_refused_busy,
     transfers_completed,
     /// Completed but the final ACK never came.
     transfers_unconfirmed,
@@ -60,6 +69,8 @@ counters! {
     /// The peer's port closed mid-transfer (ICMP port unreachable).
     failed_unreachable,
     failed_aborted,
+    /// Ended because a new request from the peer's port took their place.
+    transfers_replaced,
     packets_received,
     packets_sent,
     bytes_received,
@@ -70,12 +81,37 @@ counters! {
     duplicates_ignored,
     /// Packets to a transfer port from the wrong TID (answered with ERROR 5).
     stray_packets,
-    /// Sends dropped because the send pool was exhausted.
-    send_pool_exhausted,
+    /// Transmits that waited for a send slot (back-pressure; none is lost).
+    sends_deferred,
+    /// Refusals and ERROR 5s not sent for want of a send slot.
+    refusals_dropped,
     /// Sends the kernel refused (errno on completion).
     send_errors,
-    /// Receives lost because every provided buffer was in use.
-    receive_buffers_exhausted,
+    /// Multishot receives that found their buffer group empty and were
+    /// re-armed (the datagrams wait in the socket), by group.
+    buffers_exhausted_requests,
+    buffers_exhausted_transfers,
+    buffers_exhausted_uploads,
+    /// Pushes that found the submission queue full and submitted early.
+    sq_full_submits,
+    /// Completions that did not fit the completion queue (0 unless a bug:
+    /// it is sized for the worst case).
+    cq_overflows,
+    /// Buffer ownership violations and unknown completions (0 unless a bug).
+    ring_misuse,
+}
+
+impl ShardCounters {
+    /// Copies the ring's own totals in (they are already totals: set, not add).
+    pub fn record_ring(&self, r: &crate::uring::RingStats) {
+        self.buffers_exhausted_requests.set(r.buffers_exhausted[0]);
+        self.buffers_exhausted_transfers.set(r.buffers_exhausted[1]);
+        self.buffers_exhausted_uploads.set(r.buffers_exhausted[2]);
+        self.sq_full_submits.set(r.sq_full_submits);
+        self.cq_overflows.set(r.cq_overflows);
+        self.ring_misuse
+            .set(r.buffer_misuse + r.unknown_completions);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +130,12 @@ impl Counter {
     #[inline]
     pub fn inc(&self) {
         self.add(1);
+    }
+
+    /// Single-writer store of a total kept elsewhere.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {

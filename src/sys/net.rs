@@ -1,6 +1,6 @@
 //! Sockets and socket addresses: service sockets (SO_REUSEPORT, packet
-//! info), per-transfer sockets, and the byte-level sockaddr / cmsg parsing
-//! that the ring's receive buffers need.
+//! info), per-transfer sockets, their ICMP error queues, and the byte-level
+//! sockaddr / cmsg codecs that receive buffers and send slots need.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -96,13 +96,29 @@ pub fn transfer_socket(local: SocketAddr) -> io::Result<OwnedFd> {
     Ok(socket.into())
 }
 
+/// Largest send buffer asked for a transfer socket; the kernel clamps it to
+/// `net.core.wmem_max` (see tuning.md).
+pub const SEND_BUFFER_BYTES_MAX: usize = 4 << 20;
+
+/// Sizes a transfer socket's send buffer to hold `window_bytes` (one whole
+/// window in flight), so a window's sends complete at once instead of
+/// waiting in the ring for socket space. Best effort: the kernel may clamp.
+pub fn size_send_buffer(fd: &impl std::os::fd::AsFd, window_bytes: usize) {
+    let want = window_bytes.clamp(64 << 10, SEND_BUFFER_BYTES_MAX);
+    let socket = socket2::SockRef::from(fd);
+    if socket.send_buffer_size().is_ok_and(|have| have >= want) {
+        return;
+    }
+    let _ = socket.set_send_buffer_size(want);
+}
+
 /// ICMP errors read from one socket's error queue per check.
 const ERROR_QUEUE_READS_MAX: usize = 8;
 
 /// Drains a transfer socket's error queue (IP_RECVERR); true if one of
 /// the errors is "connection refused" (ICMP port unreachable) for a
 /// packet we sent to `peer`.
-pub fn peer_port_unreachable(fd: &OwnedFd, peer: SocketAddr) -> bool {
+pub fn peer_port_unreachable(fd: &impl AsRawFd, peer: SocketAddr) -> bool {
     let mut found = false;
     for _ in 0..ERROR_QUEUE_READS_MAX {
         // SAFETY: plain C structs, zero-initialised.

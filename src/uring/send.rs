@@ -1,16 +1,15 @@
 //! The send pool: a fixed set of `sendmsg` descriptors allocated at start-up.
-//! A slot holds everything the kernel reads until the send completes: the
-//! msghdr, iovecs, destination, control message, DATA headers, and an `Arc`
-//! of the file map the iovecs point into.
+//! A slot holds everything the kernel reads until its send completes: the
+//! msghdr, iovecs, destination, control message, DATA headers and control
+//! packet bytes. DATA payloads are not copied: iovecs point into the
+//! owner's payload (a file map), which [`super::Uring`] keeps alive until the
+//! owner's last completion, so a send needs no reference count of its own.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use crate::cache::Source;
 use crate::proto::block;
 use crate::proto::wire::{self, HEADER_BYTES};
-
-use super::net::{self, PKTINFO_CONTROL_BYTES};
+use crate::sys::net::{self, PKTINFO_CONTROL_BYTES};
 
 /// Segments in one UDP GSO send (the kernel allows up to 128).
 pub const GSO_SEGMENTS_MAX: usize = 64;
@@ -19,40 +18,39 @@ pub const GSO_BYTES_MAX: usize = 65_000;
 /// Control packets (OACK, ACK, ERROR) are at most this long.
 pub const CONTROL_BYTES_MAX: usize = 512;
 
-/// Which session a send belongs to, to route its completion.
+/// What a finished send carried, copied out of its slot for the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub slot: u32,
-    pub generation: u32,
+pub struct SendDone {
+    /// For a DATA send: the blocks it carried, to resend them without GSO.
+    pub blocks: Option<(u64, u16)>,
+    pub gso: bool,
+    pub datagrams: u16,
+    pub bytes: usize,
 }
 
-pub struct SendSlot {
+pub(super) struct SendSlot {
     msg: libc::msghdr,
     iov: [libc::iovec; 2 * GSO_SEGMENTS_MAX],
     name: libc::sockaddr_storage,
     control: [u8; PKTINFO_CONTROL_BYTES],
     headers: [[u8; HEADER_BYTES]; GSO_SEGMENTS_MAX],
     payload: [u8; CONTROL_BYTES_MAX],
-    /// Keeps the mapped bytes alive until the kernel is done with them.
-    source: Option<Arc<Source>>,
-    pub owner: Option<Owner>,
-    /// For a DATA send: the blocks it carries, to resend them without GSO.
-    pub blocks: Option<(u64, u16)>,
-    pub gso: bool,
-    pub bytes: usize,
+    pub(super) owner: u32,
+    done: SendDone,
+    in_use: bool,
 }
 
-// SAFETY: the raw pointers in msghdr/iovec point into this slot or into
-// `source`, both owned here; slots never leave their shard thread.
+// SAFETY: the raw pointers in msghdr/iovec point into this slot or into the
+// owner's payload; slots never leave the thread that owns the `Uring`.
 unsafe impl Send for SendSlot {}
 
-pub struct SendPool {
+pub(super) struct SendPool {
     slots: Box<[SendSlot]>,
     free: Vec<u32>,
 }
 
 impl SendPool {
-    pub fn new(count: usize) -> SendPool {
+    pub(super) fn new(count: u32) -> SendPool {
         let slots = (0..count)
             .map(|_| SendSlot {
                 // SAFETY: plain C structs; zero is their empty state.
@@ -66,95 +64,116 @@ impl SendPool {
                 control: [0; PKTINFO_CONTROL_BYTES],
                 headers: [[0; HEADER_BYTES]; GSO_SEGMENTS_MAX],
                 payload: [0; CONTROL_BYTES_MAX],
-                source: None,
-                owner: None,
-                blocks: None,
-                gso: false,
-                bytes: 0,
+                owner: 0,
+                done: SendDone {
+                    blocks: None,
+                    gso: false,
+                    datagrams: 0,
+                    bytes: 0,
+                },
+                in_use: false,
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
-        let free = (0..count as u32).rev().collect();
-        SendPool { slots, free }
+        SendPool {
+            slots,
+            free: (0..count).rev().collect(),
+        }
     }
 
-    pub fn available(&self) -> usize {
+    pub(super) fn available(&self) -> usize {
         self.free.len()
     }
 
-    pub fn take(&mut self) -> Option<u32> {
-        self.free.pop()
+    pub(super) fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
-    /// Called on the send's completion: drops the map reference.
-    pub fn release(&mut self, index: u32) -> Option<&mut SendSlot> {
+    pub(super) fn take(&mut self) -> Option<u32> {
+        let index = self.free.pop()?;
+        let slot = &mut self.slots[index as usize];
+        debug_assert!(!slot.in_use);
+        slot.in_use = true;
+        Some(index)
+    }
+
+    /// Gives back a slot that was taken but never submitted.
+    pub(super) fn untake(&mut self, index: u32) {
+        self.release(index);
+    }
+
+    /// On the send's completion: the slot is free again; returns what it sent.
+    pub(super) fn release(&mut self, index: u32) -> Option<(u32, SendDone)> {
         let slot = self.slots.get_mut(index as usize)?;
-        debug_assert!(!self.free.contains(&index), "double release of send slot");
-        slot.source = None;
+        if !slot.in_use {
+            debug_assert!(false, "send slot {index} released twice");
+            return None;
+        }
+        slot.in_use = false;
         self.free.push(index);
-        Some(slot)
-    }
-
-    pub fn get(&self, index: u32) -> Option<&SendSlot> {
-        self.slots.get(index as usize)
+        Some((slot.owner, slot.done))
     }
 
     /// A control packet written by `encode` into the slot's buffer. `source`
     /// is set when the socket is wildcard-bound and the reply must leave
     /// from the address the request was sent to.
-    pub fn prepare_control(
+    pub(super) fn prepare_control(
         &mut self,
         index: u32,
+        owner: u32,
         dest: SocketAddr,
         source: Option<IpAddr>,
-        owner: Option<Owner>,
         encode: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Option<*const libc::msghdr> {
         let slot = self.slots.get_mut(index as usize)?;
         let len = encode(&mut slot.payload)?;
         slot.iov[0] = libc::iovec {
             iov_base: slot.payload.as_mut_ptr().cast(),
-            iov_len: len,
+            iov_len: len.min(CONTROL_BYTES_MAX),
         };
         let control_len = source.map_or(0, |ip| net::write_pktinfo(ip, &mut slot.control));
-        slot.source = None;
         slot.owner = owner;
-        slot.blocks = None;
-        slot.gso = false;
-        slot.bytes = len;
+        slot.done = SendDone {
+            blocks: None,
+            gso: false,
+            datagrams: 1,
+            bytes: len,
+        };
         Some(fill_msghdr(slot, dest, 1, control_len))
     }
 
-    /// DATA blocks `first .. first + count` of `source` in one sendmsg:
-    /// with UDP GSO when `count > 1` (every segment but the last is a full
-    /// block), else a single datagram.
+    /// DATA blocks `first .. first + count` of the `size_bytes` at `base` in
+    /// one sendmsg: UDP GSO when `count > 1` (every segment but the last is a
+    /// full block), else a single datagram. `base` is never dereferenced
+    /// here; the kernel reads `[base + offset, + len)` for each block, which
+    /// `block::byte_range` keeps inside `size_bytes`.
     #[allow(clippy::too_many_arguments)]
-    pub fn prepare_data(
+    pub(super) fn prepare_data(
         &mut self,
         index: u32,
+        owner: u32,
         dest: SocketAddr,
-        owner: Owner,
-        source: &Arc<Source>,
+        base: *const u8,
+        size_bytes: u64,
         blksize: u16,
         first: u64,
         count: u16,
     ) -> Option<*const libc::msghdr> {
         let slot = self.slots.get_mut(index as usize)?;
         let count_usize = usize::from(count);
-        assert!(count >= 1 && count_usize <= GSO_SEGMENTS_MAX);
-        let size = source.len();
-        let base = source.as_ptr();
+        if count == 0 || count_usize > GSO_SEGMENTS_MAX {
+            debug_assert!(false, "a send of {count} blocks");
+            return None;
+        }
         let mut bytes = 0usize;
         for i in 0..count_usize {
             let index = first + i as u64;
-            let (offset, len) = block::byte_range(index, blksize, size);
+            let (offset, len) = block::byte_range(index, blksize, size_bytes);
             wire::encode_data_header(&mut slot.headers[i], block::wire(index))?;
             slot.iov[2 * i] = libc::iovec {
                 iov_base: slot.headers[i].as_mut_ptr().cast(),
                 iov_len: HEADER_BYTES,
             };
-            // The kernel reads [base + offset, + len); `byte_range` keeps that
-            // inside the source. Userspace never dereferences it.
             slot.iov[2 * i + 1] = libc::iovec {
                 iov_base: base.wrapping_add(offset as usize) as *mut libc::c_void,
                 iov_len: len,
@@ -167,11 +186,13 @@ impl SendPool {
         } else {
             0
         };
-        slot.source = Some(Arc::clone(source));
-        slot.owner = Some(owner);
-        slot.blocks = Some((first, count));
-        slot.gso = gso;
-        slot.bytes = bytes;
+        slot.owner = owner;
+        slot.done = SendDone {
+            blocks: Some((first, count)),
+            gso,
+            datagrams: count,
+            bytes,
+        };
         Some(fill_msghdr(slot, dest, 2 * count_usize, control_len))
     }
 }

@@ -1,0 +1,90 @@
+//! Why a request is refused: the ERROR the client gets and the cause the
+//! counters record. One type for every refusal, from option negotiation to
+//! path resolution to limits.
+
+use super::wire::ErrorCode;
+
+/// What kind of reason a refusal has, for counters and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// No such file (ERROR 1).
+    NotFound,
+    /// Not allowed: outside the root, not a regular file, permissions,
+    /// uploads disabled (ERROR 2).
+    Access,
+    /// A per-client limit (ERROR 0).
+    Limit,
+    /// No session slot or descriptor free (ERROR 0).
+    Busy,
+    /// The request is not well-formed (ERROR 4).
+    Malformed,
+    /// An option cannot be honoured (ERROR 8).
+    Option,
+    /// The upload does not fit, or the disk is full (ERROR 3).
+    Disk,
+    /// Anything else the server could not do (ERROR 0).
+    Internal,
+}
+
+/// The ERROR a refused request gets, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: &'static str,
+    pub cause: Cause,
+}
+
+impl Refusal {
+    pub const fn new(code: ErrorCode, message: &'static str, cause: Cause) -> Refusal {
+        Refusal {
+            code,
+            message,
+            cause,
+        }
+    }
+
+    pub const NOT_FOUND: Refusal =
+        Refusal::new(ErrorCode::FileNotFound, "File not found", Cause::NotFound);
+    pub const ACCESS: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Access violation",
+        Cause::Access,
+    );
+    pub const UPLOADS_DISABLED: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Uploads are disabled",
+        Cause::Access,
+    );
+    pub const BUSY: Refusal =
+        Refusal::new(ErrorCode::NotDefined, "Server busy, try again", Cause::Busy);
+    pub const CLIENT_LIMIT: Refusal = Refusal::new(
+        ErrorCode::NotDefined,
+        "Too many transfers from this address",
+        Cause::Limit,
+    );
+    pub const DISK_FULL: Refusal = Refusal::new(
+        ErrorCode::DiskFull,
+        "Disk full or allocation exceeded",
+        Cause::Disk,
+    );
+    pub const CANNOT_READ: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Cannot read file",
+        Cause::Access,
+    );
+    pub const CANNOT_CREATE: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Cannot create file",
+        Cause::Access,
+    );
+    pub const NETASCII_TOO_LARGE: Refusal = Refusal::new(
+        ErrorCode::NotDefined,
+        "File too large for netascii; use octet",
+        Cause::Limit,
+    );
+    pub const NO_TRANSFER_PORT: Refusal = Refusal::new(
+        ErrorCode::NotDefined,
+        "Cannot open a transfer port",
+        Cause::Internal,
+    );
+}

@@ -1,0 +1,106 @@
+//! File-system calls the cache layer needs that std does not offer:
+//! `openat2` with `RESOLVE_BENEATH`, `linkat` of an unnamed file, `renameat`,
+//! `unlinkat`, and read-only memory maps. Each wraps one syscall and turns
+//! its result into `io::Result`; policy (what to open, what to refuse) stays
+//! in `crate::cache`.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use memmap2::Mmap;
+
+/// `openat2(dir, path, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`:
+/// the kernel refuses any resolution that leaves `dir` (`..`, absolute
+/// symlinks, symlinks that climb out), so no string check can be raced.
+pub fn open_beneath(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        how.mode = u64::from(mode);
+    }
+    // SAFETY: a NUL-terminated path and an `open_how` of the size we pass;
+    // the kernel only reads both.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The file type bits (`S_IFMT`) of an open descriptor (works on `O_PATH`).
+pub fn file_type(fd: &impl AsRawFd) -> io::Result<u32> {
+    // SAFETY: all-zero is a valid `stat`, which fstat fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a stat buffer of the right size.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_mode & libc::S_IFMT)
+}
+
+/// Gives the unnamed (`O_TMPFILE`) file `file` the name `name` in `dir`.
+/// Goes through `/proc/self/fd`, which works for unprivileged processes
+/// (`AT_EMPTY_PATH` needs CAP_DAC_READ_SEARCH).
+pub fn link_unnamed(file: &File, dir: RawFd, name: &CStr) -> io::Result<()> {
+    let proc_path = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: valid C strings and descriptors; the kernel only reads them.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            proc_path.as_ptr(),
+            dir,
+            name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `renameat(dir, from, dir, to)`: atomically replaces `to`.
+pub fn rename_in(dir: RawFd, from: &CStr, to: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings and descriptor; the kernel only reads them.
+    if unsafe { libc::renameat(dir, from.as_ptr(), dir, to.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `unlinkat(dir, name, 0)`.
+pub fn unlink_in(dir: RawFd, name: &CStr) -> io::Result<()> {
+    // SAFETY: valid C string and descriptor; the kernel only reads them.
+    if unsafe { libc::unlinkat(dir, name.as_ptr(), 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A read-only shared map of the whole of `file`.
+///
+/// The returned map must only ever be handed to the kernel (as `sendmsg`
+/// iovecs), never read by userspace: the file can be truncated under the
+/// map, and then a read of the lost pages raises SIGBUS. A kernel copy of
+/// those pages fails with EFAULT instead, which the shard turns into an
+/// ERROR for that one transfer (see `crate::cache::filemap`).
+pub fn map_for_kernel(file: &File) -> io::Result<Mmap> {
+    // SAFETY: memmap2's contract is that the file is not modified while the
+    // map is *read*; we never read it (see above), so a concurrent
+    // truncation cannot turn into undefined behaviour in this process.
+    unsafe { Mmap::map(file) }
+}

@@ -1,0 +1,156 @@
+//! Process-wide resources: resource limits, capabilities, the signals the
+//! main thread takes synchronously, and the eventfd that wakes shards.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+/// A soft and hard resource limit; `None` means unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+fn to_limit(v: libc::rlim_t) -> Option<u64> {
+    (v != libc::RLIM_INFINITY).then_some(v)
+}
+
+fn get_limit(resource: libc::__rlimit_resource_t) -> io::Result<Limit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out pointer of the right type.
+    if unsafe { libc::getrlimit(resource, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Limit {
+        soft: to_limit(lim.rlim_cur),
+        hard: to_limit(lim.rlim_max),
+    })
+}
+
+/// RLIMIT_MEMLOCK: io_uring charges its rings and provided-buffer rings to it
+/// unless the process has CAP_IPC_LOCK.
+pub fn memlock_limit() -> io::Result<Limit> {
+    get_limit(libc::RLIMIT_MEMLOCK)
+}
+
+/// RLIMIT_NOFILE.
+pub fn nofile_limit() -> io::Result<Limit> {
+    get_limit(libc::RLIMIT_NOFILE)
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (allowed without
+/// privilege) and returns the soft limit now in force. A ring's fixed-file
+/// table may not be larger than it, and every transfer holds one socket.
+pub fn raise_nofile_to_hard() -> io::Result<u64> {
+    let now = nofile_limit()?;
+    if now.soft == now.hard {
+        return Ok(now.soft.unwrap_or(u64::MAX));
+    }
+    let lim = libc::rlimit {
+        rlim_cur: now.hard.unwrap_or(libc::RLIM_INFINITY),
+        rlim_max: now.hard.unwrap_or(libc::RLIM_INFINITY),
+    };
+    // SAFETY: a valid pointer to a limit that does not exceed the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Ok(now.soft.unwrap_or(u64::MAX));
+    }
+    Ok(now.hard.unwrap_or(u64::MAX))
+}
+
+/// True if the effective capability set holds `bit` (see capabilities(7)).
+pub fn has_capability(bit: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| bit < 64 && caps & (1 << bit) != 0)
+}
+
+pub const CAP_IPC_LOCK: u32 = 14;
+
+/// The signals the main thread takes with `sigtimedwait`. Blocked in every
+/// thread (shards inherit the mask), so none of them kills the process.
+pub struct SignalSet(libc::sigset_t);
+
+impl SignalSet {
+    /// Blocks `signals` in the calling thread and every thread it starts later.
+    pub fn block(signals: &[i32]) -> SignalSet {
+        // SAFETY: all-zero is a valid sigset_t, then initialised by sigemptyset.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigset operations on a local set; pthread_sigmask on ourselves.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            for &s in signals {
+                libc::sigaddset(&mut set, s);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        SignalSet(set)
+    }
+
+    /// The next of these signals to arrive within `timeout`, if any.
+    pub fn wait(&self, timeout: Duration) -> Option<i32> {
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: a valid set and timeout; no siginfo wanted.
+        let rc = unsafe { libc::sigtimedwait(&self.0, std::ptr::null_mut(), &ts) };
+        (rc > 0).then_some(rc)
+    }
+}
+
+/// An eventfd in semaphore mode: each `notify(n)` lets n reads complete.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor the kernel just gave us, owned from here on.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Adds `n` to the counter (wakes up to n readers).
+    pub fn notify(&self, n: u64) -> io::Result<()> {
+        // SAFETY: writes 8 bytes from a local u64 to an eventfd.
+        let rc = unsafe { libc::write(self.0.as_raw_fd(), (&n as *const u64).cast(), 8) };
+        if rc != 8 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    pub fn try_clone(&self) -> io::Result<EventFd> {
+        Ok(EventFd(self.0.try_clone()?))
+    }
+}
+
+impl From<EventFd> for OwnedFd {
+    fn from(e: EventFd) -> OwnedFd {
+        e.0
+    }
+}
+
+impl AsFd for EventFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for EventFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
