@@ -238,7 +238,8 @@ impl Shard {
                 Duration::from_millis(1),
                 Duration::from_millis(IDLE_WAKE_MS),
             );
-            self.io.submit_and_wait(wait)?;
+            // Sessions waiting for send slots resume as soon as sends complete.
+            self.io.submit_and_wait(wait, !self.waiting.is_empty())?;
             self.reap();
             if let Some(e) = self.io.take_fatal() {
                 return Err(e);

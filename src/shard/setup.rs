@@ -56,6 +56,8 @@ impl std::fmt::Display for StartError {
     }
 }
 
+impl std::error::Error for StartError {}
+
 /// The one-line explanation for a failed io_uring setup.
 pub fn describe_ring_error(e: &io::Error) -> String {
     match e.raw_os_error() {

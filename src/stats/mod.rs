@@ -94,9 +94,11 @@ counters! {
     buffers_exhausted_uploads,
     /// Pushes that found the submission queue full and submitted early.
     sq_full_submits,
-    /// Completions that did not fit the completion queue (0 unless a bug:
-    /// it is sized for the worst case).
+    /// Reaps that found completions held back by the kernel because the
+    /// completion queue was full (0 unless a bug: it is sized for the
+    /// worst case), and completions it dropped (0 unless out of memory).
     cq_overflows,
+    cq_lost,
     /// Buffer ownership violations and unknown completions (0 unless a bug).
     ring_misuse,
 }
@@ -109,6 +111,7 @@ impl ShardCounters {
         self.buffers_exhausted_uploads.set(r.buffers_exhausted[2]);
         self.sq_full_submits.set(r.sq_full_submits);
         self.cq_overflows.set(r.cq_overflows);
+        self.cq_lost.set(r.cq_lost);
         self.ring_misuse
             .set(r.buffer_misuse + r.unknown_completions);
     }

@@ -195,8 +195,11 @@ pub struct RingStats {
     pub sq_full_submits: u64,
     /// Times the kernel pushed back and completions were stashed.
     pub stashes: u64,
-    /// Completions the kernel could not fit in the completion queue.
+    /// Reaps that found completions held back in the kernel because the
+    /// completion queue was full (they are delivered later, in order).
     pub cq_overflows: u64,
+    /// Completions the kernel dropped for want of memory to hold them back.
+    pub cq_lost: u64,
     /// Receives that found their buffer group empty, by group.
     pub buffers_exhausted: [u64; 3],
     /// Buffer ownership violations caught (always 0 unless a bug).
@@ -253,6 +256,9 @@ pub struct Uring {
     fatal: Option<io::Error>,
     cq_entries: u32,
     sizes: RingSizes,
+    /// Fault injection: early submits still to be refused as if the kernel
+    /// said EAGAIN (see [`Uring::inject_submit_refusals`]).
+    refuse_submits: u32,
 }
 
 /// Why a ring could not be set up.
@@ -334,6 +340,7 @@ impl Uring {
             fatal: None,
             cq_entries,
             sizes,
+            refuse_submits: 0,
         })
     }
 
@@ -517,9 +524,24 @@ impl Uring {
         }
     }
 
+    /// Fault injection for tests: the next `n` early submits (from a push
+    /// that found the SQ full) act as if the kernel took nothing and said
+    /// EAGAIN, as it does under memory pressure.
+    #[doc(hidden)]
+    pub fn inject_submit_refusals(&mut self, n: u32) {
+        self.refuse_submits = n;
+    }
+
     /// The SQ is full: submit what is there. If the kernel pushes back
     /// because completions are piling up, move them to the stash.
     fn submit_early(&mut self) {
+        if self.refuse_submits > 0 {
+            // Injected: the kernel took nothing. The push loop tries again.
+            self.refuse_submits -= 1;
+            self.stats.stashes += 1;
+            self.stash_completions();
+            return;
+        }
         let result = self.ring.submit();
         self.queued_sends = 0;
         match result {
@@ -683,8 +705,10 @@ impl Uring {
     /// Submits everything queued and waits up to `timeout` for at least one
     /// completion beyond the sends just queued: sends that complete inline
     /// must not end the wait, or a lock-step block would cost two
-    /// `io_uring_enter` calls instead of one.
-    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+    /// `io_uring_enter` calls instead of one. With `sends_only` the wait
+    /// ends as soon as the sends (or any one completion) are done: a caller
+    /// with transmits waiting for send slots must not sleep past them.
+    pub fn submit_and_wait(&mut self, timeout: Duration, sends_only: bool) -> io::Result<()> {
         if !self.stash.is_empty() {
             // Completions are waiting already: do not sleep.
             return self.submit();
@@ -693,7 +717,11 @@ impl Uring {
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
         let args = SubmitArgs::new().timespec(&ts);
-        let want = 1 + self.queued_sends;
+        let want = if sends_only {
+            self.queued_sends.max(1)
+        } else {
+            1 + self.queued_sends
+        };
         self.queued_sends = 0;
         match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => Ok(()),
@@ -744,6 +772,9 @@ impl Uring {
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
+        if self.ring.submission().cq_overflow() {
+            self.stats.cq_overflows += 1;
+        }
         {
             let mut cq = self.ring.completion();
             cq.sync();
@@ -755,7 +786,7 @@ impl Uring {
                     flags: cqe.flags(),
                 });
             }
-            self.stats.cq_overflows += u64::from(overflow.wrapping_sub(self.overflow_seen));
+            self.stats.cq_lost += u64::from(overflow.wrapping_sub(self.overflow_seen));
             self.overflow_seen = overflow;
         }
         for &raw in &scratch {
