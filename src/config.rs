@@ -36,6 +36,8 @@ pub struct Args {
 
     /// Address to serve on; repeat for several. Port 0 picks a free port.
     /// [default: 0.0.0.0:69 and [::]:69]
+    // `[::]` is an address for --help, not a rustdoc link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
 

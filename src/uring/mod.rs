@@ -23,7 +23,7 @@
 //!
 //! # Submissions are never lost
 //!
-//! [`Uring::push`] submits early when the submission queue is full, and if
+//! `Uring::push` (behind every operation) submits early when the submission queue is full, and if
 //! the kernel pushes back (EBUSY/EAGAIN) it moves completions out of the
 //! completion queue into a bounded stash, handed out by [`Uring::reap`]
 //! before newer ones. The completion queue is sized for every completion
