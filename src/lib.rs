@@ -33,7 +33,9 @@
 //! - [`config`]: the command line and every limit.
 //!
 //! `unsafe` is denied everywhere but [`uring`] and [`sys`], each `unsafe`
-//! block there carrying its safety argument; [`proto`] forbids it.
+//! block there carrying its safety argument, and one `unsafe impl` in
+//! [`cache::filemap`] (a file map promises the ring its bytes stay put);
+//! [`proto`] forbids it.
 
 #![deny(unsafe_code)]
 

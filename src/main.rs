@@ -116,6 +116,7 @@ fn run(args: Args) -> Result<(), String> {
             verbose: args.verbose,
             ring_sizes: plan.sizes,
             wake: wake.try_clone().map_err(|e| format!("eventfd: {e}"))?,
+            faults: Default::default(),
         };
         let core = cpus.get(index % cpus.len().max(1)).copied();
         let ready = ready_tx.clone();

@@ -664,56 +664,6 @@ fn a_stale_copy_of_a_request_does_not_restart_a_running_transfer() {
 }
 
 #[test]
-fn an_upload_replaced_while_it_commits_sends_no_error_from_its_old_port() {
-    // The last block of upload A, then at once another request from the
-    // same port: A is replaced while its commit is under way. The old shard
-    // closed A's files there and then, and when the fsync queued for them
-    // failed (EBADF) it sent ERROR "Write failed" from A's port to a client
-    // that had moved on. (Had the new request opened files, the fsync would
-    // have synced one of those instead; this one is refused before it opens
-    // anything.) That needs the last DATA and the new request handled in
-    // one batch, in that order, which loopback timing rarely gives: this
-    // test guards the behaviour, it did not catch the old race in 90
-    // rounds. What makes the race impossible is tested deterministically:
-    // descriptors outlive their queued operations (tests/uring.rs), and
-    // commit steps act only on a live session that is committing.
-    let dir = TempDir::new("commit-replaced");
-    let server = Server::start(dir.path(), &["--create"]);
-    for round in 0..30 {
-        let sock = client_socket(server.addr());
-        let a = format!("a{round}.bin");
-        sock.send_to(&wrq(a.as_bytes(), "octet", &[]), server.addr())
-            .unwrap();
-        let (p, tid_a, _) = recv_packet(&sock, SHORT).expect("ACK 0 for A");
-        assert_eq!(p, Packet::Ack { block: 0 });
-        // Both blocks and the next request back to back, so that the shard
-        // is likely to see all three in one batch of completions.
-        sock.send_to(&data(1, &[0x5a; 512]), tid_a).unwrap();
-        sock.send_to(&data(2, b"end"), tid_a).unwrap();
-        sock.send_to(&wrq(b"../b.bin", "octet", &[]), server.addr())
-            .unwrap();
-        for (p, from) in common::drain_packets(&sock, Duration::from_millis(300)) {
-            if from == tid_a {
-                // A's ACKs may have gone out first; an ERROR may not.
-                assert!(
-                    matches!(p, Packet::Ack { block: 1 | 2 }),
-                    "round {round}: {p:?} from A's port"
-                );
-            } else {
-                assert!(
-                    matches!(p, Packet::Error { code: 2, .. }),
-                    "round {round}: {p:?} for the refused request"
-                );
-            }
-        }
-        // Whatever A became, it is whole or absent, never a part.
-        if let Ok(bytes) = std::fs::read(dir.join(&a)) {
-            assert_eq!(bytes.len(), 515, "round {round}: a partial {a}");
-        }
-    }
-}
-
-#[test]
 fn windows_are_capped_at_32768_blocks() {
     let dir = TempDir::new("window-cap");
     let e = startup_failure(&[

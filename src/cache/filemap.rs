@@ -14,9 +14,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{Arc, RwLock};
 
-use memmap2::Mmap;
-
-use crate::sys::fs::map_for_kernel;
+use crate::sys::fs::{KernelMap, map_for_kernel};
 use crate::uring::Payload;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -30,7 +28,7 @@ struct FileKey {
 /// Bytes a transfer sends from. Only ever read by the kernel (see above).
 #[derive(Debug)]
 pub enum Source {
-    Mapped(Mmap),
+    Mapped(KernelMap),
     /// Empty files cannot be mapped; netascii conversions live here too.
     Owned(Vec<u8>),
 }
@@ -56,7 +54,12 @@ impl Source {
     }
 }
 
-impl Payload for Source {
+// SAFETY: a Source owns its bytes (a map or a Vec) for as long as it
+// lives, neither moves nor changes them, and reports their real address and
+// length; a map that loses pages to a truncation makes the kernel's copy
+// fail with EFAULT, never a read of freed memory.
+#[allow(unsafe_code)]
+unsafe impl Payload for Source {
     fn base(&self) -> *const u8 {
         self.as_ptr()
     }

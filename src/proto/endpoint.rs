@@ -14,7 +14,12 @@
 //!     duplicated it) and is ignored, unless the peer has been silent for
 //!     at least `restart_after_silence_ms`: then the client has restarted
 //!     (a ROM that rebooted reuses its port) and the request replaces the
-//!     session.
+//!     session. This holds for a finished upload that is dallying too: its
+//!     final ACK may have been lost, and a delayed copy of its WRQ that
+//!     replaced it would close the TID its client is still retransmitting
+//!     the last block to (the simulation finds that case). tftp-hpa's
+//!     `put a` twice from one port is therefore served once the first
+//!     upload has been silent for `restart_after_silence_ms`.
 //! - Any other request from that peer replaces its session (the UEFI probe
 //!   sends ERROR 8 and a new RRQ from the same port; tftp-hpa's `put a`
 //!   then `put b` reuses its port).
@@ -278,6 +283,54 @@ mod tests {
         assert!(matches!(
             e.decide(&t, peer(1, 1001), RRQ, false, later),
             Decision::Accept(_)
+        ));
+    }
+
+    #[test]
+    fn the_same_upload_again_waits_for_the_finished_one_to_fall_silent() {
+        const WRQ: &[u8] = b"\x00\x02up.bin\x00octet\x00";
+        let mut t: Sessions<()> = Sessions::new(4);
+        let e = Endpoint::new(CONFIG);
+        let t0 = Instant::now();
+        let config = ServerConfig {
+            negotiation: NegotiationLimits {
+                blksize_max: 512,
+                windowsize_max: 1,
+                upload_bytes_max: 1 << 20,
+            },
+            timer: TEST_TIMER,
+            dally_ms: 10_000,
+        };
+        let Decision::Accept(request) = e.decide(&t, peer(1, 7), WRQ, false, t0) else {
+            panic!()
+        };
+        let s = ServerSession::write(&request, &config, t0).unwrap();
+        let id = t.insert(peer(1, 7), WRQ, s, (), t0).unwrap();
+        let session = &mut t.get_mut(id).unwrap().session;
+        session.handle(
+            &Packet::Data {
+                block: 1,
+                payload: b"tiny",
+            },
+            t0,
+        );
+        // While committing, a copy is stale as for any verified session.
+        assert_eq!(
+            e.decide(&t, peer(1, 7), WRQ, false, t0),
+            Decision::Ignore(Ignored::StaleRepeat)
+        );
+        t.get_mut(id).unwrap().session.commit_done(t0);
+        assert!(t.get(id).unwrap().session.is_dallying());
+        // Dallying: a copy soon after the last block may be a delayed one,
+        // and the client may still be sending the last block again.
+        assert_eq!(
+            e.decide(&t, peer(1, 7), WRQ, false, t0 + Duration::from_millis(10)),
+            Decision::Ignore(Ignored::StaleRepeat)
+        );
+        // A new `put` of the same name from the same port, a second later.
+        assert!(matches!(
+            e.decide(&t, peer(1, 7), WRQ, false, t0 + Duration::from_millis(1000)),
+            Decision::Replace { old, .. } if old == id
         ));
     }
 

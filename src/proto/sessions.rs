@@ -258,8 +258,14 @@ impl<T> Sessions<T> {
             self.live as u64,
             self.per_client.values().map(|&n| u64::from(n)).sum::<u64>()
         );
-        assert!(self.free.len() <= self.slots.len());
-        assert!(self.live <= self.occupied());
+        let occupied = self.slots.iter().filter(|s| s.entry.is_some()).count();
+        let live = self
+            .slots
+            .iter()
+            .filter(|s| s.entry.as_ref().is_some_and(|e| e.is_live()))
+            .count();
+        assert_eq!(occupied + self.free.len(), self.slots.len());
+        assert_eq!(live, self.live);
     }
 
     #[cfg(not(debug_assertions))]

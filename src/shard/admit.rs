@@ -40,7 +40,7 @@ pub(super) fn disk_refusal(e: UploadError) -> Refusal {
 }
 
 impl Shard {
-    pub(super) fn on_service_datagram(&mut self, service: usize, buffer: Buffer, now: Instant) {
+    pub(super) fn on_service_datagram(&mut self, service: usize, buffer: &Buffer, now: Instant) {
         let Some(svc) = self.services.get(service) else {
             return;
         };

@@ -148,8 +148,12 @@ impl Shard {
                 let Some(id) = self.sessions.id_at(index) else {
                     continue;
                 };
+                // An upload whose commit is under way keeps its last second:
+                // an ERROR now could tell its client it failed while the
+                // rename makes it whole.
                 if let Some(entry) = self.sessions.get_mut(id)
                     && entry.is_live()
+                    && !entry.session.is_committing()
                 {
                     entry
                         .session

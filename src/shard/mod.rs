@@ -67,6 +67,17 @@ pub struct ShardSetup {
     /// Written once per shard by `main` at shutdown (semaphore mode); each
     /// shard keeps one read armed on its own copy.
     pub wake: EventFd,
+    /// Faults to inject (tests only; `Faults::default()` injects none).
+    #[doc(hidden)]
+    pub faults: Faults,
+}
+
+/// Faults a test can make the shard's ring inject.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Hold every fsync completion back this long (a slow disk).
+    pub fsync_delay: Duration,
 }
 
 /// Completions handled per batch; between batches settled sessions are
@@ -172,6 +183,7 @@ impl Shard {
             services: setup.service_sockets.len() as u32,
         };
         let mut io = Uring::new(setup.ring_sizes, owners.total()).map_err(StartError::from)?;
+        io.inject_fsync_delay(setup.faults.fsync_delay);
         let mut services = Vec::with_capacity(setup.service_sockets.len());
         for (i, (fd, addr)) in setup.service_sockets.into_iter().enumerate() {
             io.install(owners.service(i), fd)
@@ -259,7 +271,7 @@ impl Shard {
             self.io.reap(&mut batch, COMPLETIONS_PER_BATCH);
             let done = batch.is_empty();
             let now = Instant::now();
-            for &c in &batch {
+            for c in batch.drain(..) {
                 self.on_completion(c, now);
             }
             self.batch = batch;
@@ -277,12 +289,15 @@ impl Shard {
             Op::Recv(_) => {
                 if let Some(buffer) = c.buffer {
                     match self.owners.role(c.owner) {
-                        Role::Service(i) => self.on_service_datagram(i, buffer, now),
-                        Role::Session(_) => self.on_transfer_datagram(c.owner, buffer, now),
+                        Role::Service(i) => self.on_service_datagram(i, &buffer, now),
+                        Role::Session(_) => self.on_transfer_datagram(c.owner, &buffer, now),
                         Role::Wake => {}
                     }
                     self.io.recycle(buffer);
-                } else if c.result == -libc::ECONNREFUSED {
+                } else if c.result < 0 && !matches!(-c.result, libc::ENOBUFS | libc::ECANCELED) {
+                    // With IP_RECVERR an ICMP error ends the receive with
+                    // its errno (ECONNREFUSED, EHOSTUNREACH...); drain the
+                    // error queue, and end the session if it was its peer.
                     self.on_icmp_error(c.owner);
                 }
                 if !c.more {

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use crate::proto::refusal::Refusal;
 use crate::proto::server::Event;
 use crate::proto::sessions::SessionId;
 use crate::proto::transfer::Transmit;
@@ -27,7 +28,7 @@ enum After {
 }
 
 impl Shard {
-    pub(super) fn on_transfer_datagram(&mut self, owner: Owner, buffer: Buffer, now: Instant) {
+    pub(super) fn on_transfer_datagram(&mut self, owner: Owner, buffer: &Buffer, now: Instant) {
         let Some(id) = self.sessions.id_at(owner.index()) else {
             return;
         };
@@ -107,15 +108,19 @@ impl Shard {
     /// (no thread waits on the disk). The receiver holds the final ACK until
     /// `on_commit_step` says the file is durable under its name.
     fn start_commit(&mut self, id: SessionId) {
-        let Some(entry) = self.sessions.get(id) else {
+        let Some(entry) = self.sessions.get_mut(id) else {
             return;
         };
-        if let Store::Write {
+        let Store::Write {
             upload: Some(up), ..
         } = &entry.io.store
-        {
-            self.io
-                .fsync(Owner::new(id.index()), up.file_fd(), COMMIT_FILE);
+        else {
+            return;
+        };
+        // The ring keeps its own duplicate open until the owner settles.
+        match up.file_fd().try_clone_to_owned() {
+            Ok(fd) => self.io.fsync(Owner::new(id.index()), fd, COMMIT_FILE),
+            Err(_) => entry.session.commit_failed(Refusal::BUSY),
         }
     }
 
@@ -144,10 +149,14 @@ impl Shard {
             Some(_) if result < 0 => Err(disk_refusal(crate::cache::UploadError::from(
                 std::io::Error::from_raw_os_error(-result),
             ))),
-            Some(up) if step == COMMIT_FILE => up.publish().map_err(disk_refusal).map(|()| {
-                io.fsync(owner, up.dir_fd(), COMMIT_DIR);
-                true
-            }),
+            Some(up) if step == COMMIT_FILE => up
+                .publish()
+                .map_err(disk_refusal)
+                .and_then(|()| up.dir_fd().try_clone_to_owned().map_err(|_| Refusal::BUSY))
+                .map(|dir| {
+                    io.fsync(owner, dir, COMMIT_DIR);
+                    true
+                }),
             Some(_) => Ok(false), // the directory is synced: done
         };
         match next {
@@ -172,13 +181,17 @@ impl Shard {
                 return;
             }
             // The newest transmit supersedes an owed one: a new window
-            // starts at or before it, an ERROR ends everything.
+            // starts at or before it, an ERROR ends everything. Once the
+            // session has ended, only an owed ERROR is still worth sending
+            // (a peer that sent ERROR or took the last block wants no DATA).
             let next = match entry.session.poll_transmit() {
                 Some(t) => {
                     entry.io.owed = None;
                     t
                 }
                 None => match entry.io.owed.take() {
+                    Some(t @ Transmit::Error { .. }) => t,
+                    Some(_) if entry.session.outcome().is_some() => break,
                     Some(t) => t,
                     None => break,
                 },

@@ -91,16 +91,34 @@ pub fn unlink_in(dir: RawFd, name: &CStr) -> io::Result<()> {
     Ok(())
 }
 
-/// A read-only shared map of the whole of `file`.
-///
-/// The returned map must only ever be handed to the kernel (as `sendmsg`
-/// iovecs), never read by userspace: the file can be truncated under the
-/// map, and then a read of the lost pages raises SIGBUS. A kernel copy of
-/// those pages fails with EFAULT instead, which the shard turns into an
-/// ERROR for that one transfer (see `crate::cache::filemap`).
-pub fn map_for_kernel(file: &File) -> io::Result<Mmap> {
+/// A read-only shared map of a whole file that userspace cannot read: it
+/// only gives out its address and length, for `sendmsg` iovecs. The file
+/// can be truncated under the map, and a userspace read of the lost pages
+/// would raise SIGBUS; a kernel copy of them fails with EFAULT instead,
+/// which the shard turns into an ERROR for that one transfer (see
+/// `crate::cache::filemap`).
+#[derive(Debug)]
+pub struct KernelMap(Mmap);
+
+impl KernelMap {
+    pub fn as_ptr(&self) -> *const u8 {
+        self.0.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Maps the whole of `file` for the kernel's eyes only (see [`KernelMap`]).
+pub fn map_for_kernel(file: &File) -> io::Result<KernelMap> {
     // SAFETY: memmap2's contract is that the file is not modified while the
-    // map is *read*; we never read it (see above), so a concurrent
-    // truncation cannot turn into undefined behaviour in this process.
-    unsafe { Mmap::map(file) }
+    // map is *read*. A KernelMap cannot be read from safe code (it has no
+    // Deref and no accessor for its bytes), so a concurrent truncation
+    // cannot turn into undefined behaviour in this process.
+    unsafe { Mmap::map(file) }.map(KernelMap)
 }

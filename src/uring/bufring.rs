@@ -124,9 +124,14 @@ impl BufRing {
         Ok(())
     }
 
-    /// The first `len` bytes of buffer `bid`, as the kernel filled them.
-    /// Only meaningful between [`BufRing::take`] and [`BufRing::recycle`].
+    /// The first `len` bytes of buffer `bid`, as the kernel filled them;
+    /// `None` unless the buffer is ours (between [`BufRing::take`] and
+    /// [`BufRing::recycle`]): the kernel may be writing a buffer it holds.
     pub fn bytes(&self, bid: u16, len: usize) -> Option<&[u8]> {
+        let (word, mask) = Self::bit(bid);
+        if bid >= self.count || self.kernel_owned[word] & mask != 0 {
+            return None;
+        }
         let start = usize::from(bid).checked_mul(self.buffer_bytes)?;
         self.data
             .get(start..start.checked_add(len.min(self.buffer_bytes))?)

@@ -132,17 +132,39 @@ pub fn transfer_group(datagram_bytes: usize) -> Group {
 /// Bytes a DATA send points into. Only the address and length are used:
 /// the I/O layer never reads them, only the kernel does (see
 /// `crate::cache::filemap` for why that matters).
-pub trait Payload: Send + Sync {
+///
+/// # Safety
+///
+/// `base()` must point to `len_bytes()` bytes that stay mapped (readable by
+/// the kernel, or at worst faulting into EFAULT) for as long as the value
+/// lives, at the same address every time it is asked.
+pub unsafe trait Payload: Send + Sync {
     fn base(&self) -> *const u8;
     fn len_bytes(&self) -> u64;
 }
 
-/// A received buffer, ours until [`Uring::recycle`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A received buffer: ours until it is handed back with [`Uring::recycle`],
+/// which consumes it. Not `Copy`: it cannot be read after it went back.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Buffer {
-    pub group: Group,
-    pub id: u16,
-    pub len: usize,
+    group: Group,
+    id: u16,
+    len: usize,
+}
+
+impl Buffer {
+    pub fn group(&self) -> Group {
+        self.group
+    }
+
+    /// Bytes the kernel wrote (header, address, control, payload).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// What finished.
@@ -158,7 +180,7 @@ pub enum Op {
 }
 
 /// One completion, decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Completion {
     pub owner: Owner,
     pub op: Op,
@@ -206,6 +228,8 @@ pub struct RingStats {
     pub buffer_misuse: u64,
     /// Completions whose tag made no sense (always 0 unless a bug).
     pub unknown_completions: u64,
+    /// Cancels of a receive that had to be asked again.
+    pub cancel_retries: u64,
 }
 
 #[derive(Default)]
@@ -219,6 +243,8 @@ struct OwnerState {
     retiring: bool,
     file: Option<OwnedFd>,
     payload: Option<Arc<dyn Payload>>,
+    /// Descriptors that queued operations name (fsyncs), closed on settle.
+    kept: Vec<OwnedFd>,
 }
 
 #[derive(Clone, Copy)]
@@ -259,6 +285,10 @@ pub struct Uring {
     /// Fault injection: early submits still to be refused as if the kernel
     /// said EAGAIN (see [`Uring::inject_submit_refusals`]).
     refuse_submits: u32,
+    /// Fault injection: fsync completions are held back this long.
+    fsync_delay: Duration,
+    held: VecDeque<(Instant, RawCqe)>,
+    torn_down: bool,
 }
 
 /// Why a ring could not be set up.
@@ -341,6 +371,9 @@ impl Uring {
             cq_entries,
             sizes,
             refuse_submits: 0,
+            fsync_delay: Duration::ZERO,
+            held: VecDeque::new(),
+            torn_down: false,
         })
     }
 
@@ -439,16 +472,20 @@ impl Uring {
         let armed = state.recv;
         let idle = state.in_flight == 0;
         if let Some(group) = armed {
-            let target = Tag {
-                kind: OpKind::Recv,
-                owner: owner.0,
-                aux: group as u32,
-            };
-            let sqe = opcode::AsyncCancel::new(target.encode()).build();
-            self.push(owner, OpKind::Cancel, 0, sqe);
+            self.cancel_recv(owner, group);
         } else if idle {
             self.settled.push(owner.0);
         }
+    }
+
+    fn cancel_recv(&mut self, owner: Owner, group: Group) {
+        let target = Tag {
+            kind: OpKind::Recv,
+            owner: owner.0,
+            aux: group as u32,
+        };
+        let sqe = opcode::AsyncCancel::new(target.encode()).build();
+        let _ = self.push(owner, OpKind::Cancel, group as u32, sqe);
     }
 
     /// Owners whose last operation completed since the last call: their
@@ -479,9 +516,12 @@ impl Uring {
     // ----- operations -----------------------------------------------------
 
     /// Queues `sqe` for `owner`; never drops it (see the module comment).
-    fn push(&mut self, owner: Owner, kind: OpKind, aux: u32, sqe: squeue::Entry) {
+    /// False only once the ring is stuck (`take_fatal` says why): then
+    /// nothing was queued and the caller must not account for it.
+    #[must_use]
+    fn push(&mut self, owner: Owner, kind: OpKind, aux: u32, sqe: squeue::Entry) -> bool {
         if self.fatal.is_some() {
-            return;
+            return false;
         }
         let sqe = sqe.user_data(
             Tag {
@@ -508,9 +548,12 @@ impl Uring {
                 self.fatal = Some(io::Error::other(
                     "io_uring submission queue stays full; the kernel takes no submissions",
                 ));
-                return;
+                return false;
             }
             self.submit_early();
+            if self.fatal.is_some() {
+                return false;
+            }
         }
         self.in_flight += 1;
         if let Some(state) = self.owner_mut(owner) {
@@ -522,6 +565,7 @@ impl Uring {
         if kind == OpKind::Send {
             self.queued_sends += 1;
         }
+        true
     }
 
     /// Fault injection for tests: the next `n` early submits (from a push
@@ -530,6 +574,13 @@ impl Uring {
     #[doc(hidden)]
     pub fn inject_submit_refusals(&mut self, n: u32) {
         self.refuse_submits = n;
+    }
+
+    /// Fault injection for tests: every fsync completion is handed out
+    /// `delay` after it arrived, as if the disk were that slow.
+    #[doc(hidden)]
+    pub fn inject_fsync_delay(&mut self, delay: Duration) {
+        self.fsync_delay = delay;
     }
 
     /// The SQ is full: submit what is there. If the kernel pushes back
@@ -588,10 +639,11 @@ impl Uring {
             &*self.recv_hdr_plain
         };
         let sqe = opcode::RecvMsgMulti::new(Fixed(owner.0), hdr, group as u16).build();
-        if let Some(state) = self.owner_mut(owner) {
+        if self.push(owner, OpKind::Recv, group as u32, sqe)
+            && let Some(state) = self.owner_mut(owner)
+        {
             state.recv = Some(group);
         }
-        self.push(owner, OpKind::Recv, group as u32, sqe);
     }
 
     /// Sends available to take now.
@@ -632,7 +684,10 @@ impl Uring {
             return Err(SendError::Encode);
         };
         let sqe = opcode::SendMsg::new(Fixed(owner.0), msg).build();
-        self.push(owner, OpKind::Send, slot, sqe);
+        if !self.push(owner, OpKind::Send, slot, sqe) {
+            self.sends.untake(slot);
+            return Err(SendError::NoSlot);
+        }
         Ok(())
     }
 
@@ -667,16 +722,24 @@ impl Uring {
             return Err(SendError::Encode);
         };
         let sqe = opcode::SendMsg::new(Fixed(owner.0), msg).build();
-        self.push(owner, OpKind::Send, slot, sqe);
+        if !self.push(owner, OpKind::Send, slot, sqe) {
+            self.sends.untake(slot);
+            return Err(SendError::NoSlot);
+        }
         Ok(())
     }
 
     /// Queues an fsync of `fd` for `owner`; its completion reports `step`.
-    /// `fd` must stay open until then: keep what owns it until the owner
-    /// settles (the shard frees a session's files only on release).
-    pub fn fsync(&mut self, owner: Owner, fd: BorrowedFd<'_>, step: u32) {
+    /// The ring keeps `fd` (a duplicate of the caller's, say) open until the
+    /// owner settles, so the descriptor the SQE names cannot be closed or
+    /// reused under it, whatever the caller does with its own.
+    pub fn fsync(&mut self, owner: Owner, fd: OwnedFd, step: u32) {
         let sqe = opcode::Fsync::new(io_uring::types::Fd(fd.as_raw_fd())).build();
-        self.push(owner, OpKind::Fsync, step, sqe);
+        if self.push(owner, OpKind::Fsync, step, sqe)
+            && let Some(state) = self.owner_mut(owner)
+        {
+            state.kept.push(fd);
+        }
     }
 
     /// Arms an 8-byte read of the eventfd installed at `owner`.
@@ -689,12 +752,12 @@ impl Uring {
         let sqe = opcode::Read::new(Fixed(owner.0), buf.cast(), 8)
             .offset(u64::MAX)
             .build();
-        self.push(owner, OpKind::Wake, 0, sqe);
+        let _ = self.push(owner, OpKind::Wake, 0, sqe);
     }
 
     /// Queues a no-op (tests use it to fill the queues).
     pub fn nop(&mut self, owner: Owner) {
-        self.push(owner, OpKind::Nop, 0, opcode::Nop::new().build());
+        let _ = self.push(owner, OpKind::Nop, 0, opcode::Nop::new().build());
     }
 
     /// Sends queued since the last submission.
@@ -713,6 +776,10 @@ impl Uring {
             // Completions are waiting already: do not sleep.
             return self.submit();
         }
+        let timeout = match self.held.front() {
+            Some(&(due, _)) => timeout.min(due.saturating_duration_since(Instant::now())),
+            None => timeout,
+        };
         let ts = Timespec::new()
             .sec(timeout.as_secs())
             .nsec(timeout.subsec_nanos());
@@ -759,6 +826,14 @@ impl Uring {
     /// until [`Uring::recycle`].
     pub fn reap(&mut self, out: &mut Vec<Completion>, max: usize) {
         out.clear();
+        let now = Instant::now();
+        while out.len() < max && self.held.front().is_some_and(|&(due, _)| due <= now) {
+            if let Some((_, raw)) = self.held.pop_front()
+                && let Some(c) = self.complete(raw)
+            {
+                out.push(c);
+            }
+        }
         while out.len() < max {
             let Some(raw) = self.stash.pop_front() else {
                 break;
@@ -790,6 +865,12 @@ impl Uring {
             self.overflow_seen = overflow;
         }
         for &raw in &scratch {
+            if !self.fsync_delay.is_zero()
+                && Tag::decode(raw.user_data).is_some_and(|t| t.kind == OpKind::Fsync)
+            {
+                self.held.push_back((now + self.fsync_delay, raw));
+                continue;
+            }
             if let Some(c) = self.complete(raw) {
                 out.push(c);
             }
@@ -870,7 +951,22 @@ impl Uring {
                 Op::Send(done)
             }
             OpKind::Fsync => Op::Fsync(tag.aux),
-            OpKind::Cancel => Op::Cancel,
+            OpKind::Cancel => {
+                // The cancel found nothing (ENOENT) or raced the receive's
+                // own ending (EALREADY). If the receive is still armed, its
+                // final completion has not come yet: ask again, or the
+                // owner would never settle.
+                let still_armed = self
+                    .owners
+                    .get(tag.owner as usize)
+                    .and_then(|s| s.recv)
+                    .filter(|_| raw.result < 0 && raw.result != -libc::EALREADY);
+                if let Some(group) = still_armed {
+                    self.stats.cancel_retries += 1;
+                    self.cancel_recv(owner, group);
+                }
+                Op::Cancel
+            }
             OpKind::Wake => Op::Wake,
             OpKind::Nop => Op::Nop,
             OpKind::CancelAll => return None,
@@ -885,7 +981,7 @@ impl Uring {
     }
 
     /// The datagram in a received buffer, parsed in place.
-    pub fn datagram(&self, buffer: Buffer) -> Option<Datagram<'_>> {
+    pub fn datagram(&self, buffer: &Buffer) -> Option<Datagram<'_>> {
         let bytes = self.bufs[buffer.group as usize].bytes(buffer.id, buffer.len)?;
         let control_space = if buffer.group.with_pktinfo() {
             PKTINFO_CONTROL_BYTES
@@ -912,37 +1008,77 @@ impl Uring {
     /// Cancels everything and waits until every operation has completed or
     /// `TEARDOWN_MS_MAX` has passed. True when nothing is left in flight.
     fn drain(&mut self) -> bool {
-        if self.in_flight == 0 {
-            return true;
-        }
-        let sqe = opcode::AsyncCancel2::new(CancelBuilder::any())
-            .build()
-            .user_data(
-                Tag {
-                    kind: OpKind::CancelAll,
-                    owner: 0,
-                    aux: 0,
-                }
-                .encode(),
-            );
-        // SAFETY: a cancel carries no pointer.
-        if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
-            self.in_flight += 1;
-        }
         let deadline = Instant::now() + Duration::from_millis(TEARDOWN_MS_MAX);
+        let mut cancelled = false;
         let mut batch = Vec::with_capacity(256);
         while self.in_flight > 0 && Instant::now() < deadline {
+            if !cancelled {
+                // Submit what is queued first, so the cancel finds room and
+                // comes after everything it is to cancel.
+                let _ = self.ring.submit();
+                let sqe = opcode::AsyncCancel2::new(CancelBuilder::any())
+                    .build()
+                    .user_data(
+                        Tag {
+                            kind: OpKind::CancelAll,
+                            owner: 0,
+                            aux: 0,
+                        }
+                        .encode(),
+                    );
+                // SAFETY: a cancel carries no pointer.
+                cancelled = unsafe { self.ring.submission().push(&sqe) }.is_ok();
+                if cancelled {
+                    self.in_flight += 1;
+                }
+            }
             let ts = Timespec::new().nsec(10_000_000);
             let args = SubmitArgs::new().timespec(&ts);
             let _ = self.ring.submitter().submit_with_args(1, &args);
             self.reap(&mut batch, 256);
-            for c in &batch {
+            for c in batch.drain(..) {
                 if let Some(b) = c.buffer {
                     self.recycle(b);
                 }
             }
         }
         self.in_flight == 0
+    }
+
+    /// Tears the ring down now (what dropping it does): cancels and drains
+    /// every operation, then unregisters the buffer rings. False if
+    /// something was still in flight after the bounded wait, in which case
+    /// the memory it may use is leaked rather than freed.
+    pub fn shutdown(mut self) -> bool {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> bool {
+        if self.torn_down {
+            return true;
+        }
+        self.torn_down = true;
+        if self.drain() {
+            for b in &mut self.bufs {
+                let _ = b.unregister(&self.ring);
+            }
+            return true;
+        }
+        // Something is still in flight and may write into or read from our
+        // memory: leak it rather than free it under the kernel. (Buffer
+        // rings left registered leak themselves in their Drop.)
+        std::mem::forget(std::mem::replace(&mut self.sends, send::SendPool::new(0)));
+        for state in self.owners.iter_mut() {
+            std::mem::forget(state.payload.take());
+            std::mem::forget(std::mem::take(&mut state.kept));
+        }
+        std::mem::forget(std::mem::replace(&mut self.recv_hdr_plain, recv_msghdr(0)));
+        std::mem::forget(std::mem::replace(
+            &mut self.recv_hdr_pktinfo,
+            recv_msghdr(0),
+        ));
+        std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
+        false
     }
 }
 
@@ -973,25 +1109,7 @@ fn parse_recvmsg_out(buf: &[u8], name_space: usize, control_space: usize) -> Opt
 
 impl Drop for Uring {
     fn drop(&mut self) {
-        if self.drain() {
-            for b in &mut self.bufs {
-                let _ = b.unregister(&self.ring);
-            }
-        } else {
-            // Something is still in flight and may write into or read from
-            // our memory: leak it rather than free it under the kernel.
-            // (Buffer rings left registered leak themselves in their Drop.)
-            std::mem::forget(std::mem::replace(&mut self.sends, send::SendPool::new(0)));
-            for state in self.owners.iter_mut() {
-                std::mem::forget(state.payload.take());
-            }
-            std::mem::forget(std::mem::replace(&mut self.recv_hdr_plain, recv_msghdr(0)));
-            std::mem::forget(std::mem::replace(
-                &mut self.recv_hdr_pktinfo,
-                recv_msghdr(0),
-            ));
-            std::mem::forget(std::mem::replace(&mut self.wake_buf, Box::new(0)));
-        }
+        self.teardown();
         // Then the fields drop in order: the ring first (closing it drops
         // the fixed files), then the buffer rings and the rest.
     }
