@@ -675,3 +675,53 @@ fn windows_are_capped_at_32768_blocks() {
     ]);
     assert!(e.contains("40000") && e.contains("32768"), "{e}");
 }
+
+#[test]
+fn special_files_are_refused_at_once_and_the_shard_keeps_serving() {
+    // An RRQ of a FIFO used to block the shard inside open() until some
+    // writer came; every later request to that shard went unanswered.
+    let dir = TempDir::new("special");
+    let want = common::write_random_file(&dir.join("ok.bin"), 9, 3000);
+    let made = |cmd: &mut Command| cmd.status().is_ok_and(|s| s.success());
+    assert!(made(Command::new("mkfifo").arg(dir.join("pipe"))));
+    std::os::unix::fs::symlink("pipe", dir.join("link-to-pipe")).unwrap();
+    std::fs::create_dir(dir.join("subdir")).unwrap();
+    // A device node needs root; a character device is the worst case.
+    let device = made(
+        Command::new("mknod")
+            .arg(dir.join("null"))
+            .args(["c", "1", "3"]),
+    );
+    let server = Server::start(dir.path(), &["--cores", "1", "--create"]);
+    let mut cases = vec![
+        (&b"pipe"[..], "Not a regular file"),
+        (b"link-to-pipe", "Not a regular file"),
+        (b"subdir", "Is a directory"),
+    ];
+    if device {
+        cases.push((b"null", "Not a regular file"));
+    }
+    for (name, message) in cases {
+        let started = Instant::now();
+        let reply = common::request_first_reply(server.addr(), &rrq(name, "octet", &[]), SHORT);
+        let Some((Packet::Error { code, msg }, _)) = reply else {
+            panic!("{}: {reply:?}", String::from_utf8_lossy(name));
+        };
+        assert_eq!((code, msg.as_str()), (2, message));
+        assert!(started.elapsed() < Duration::from_millis(500));
+        let reply = common::request_first_reply(server.addr(), &wrq(name, "octet", &[]), SHORT);
+        assert!(
+            matches!(reply, Some((Packet::Error { code: 2, .. }, _))),
+            "WRQ {}: {reply:?}",
+            String::from_utf8_lossy(name)
+        );
+    }
+    let got = common::raw_get(server.addr(), b"ok.bin", "octet", &[]).unwrap();
+    common::assert_same_bytes(&got.data, &want, "after the special files");
+    let long = vec![b'x'; 1100];
+    let reply = common::request_first_reply(server.addr(), &rrq(&long, "octet", &[]), SHORT);
+    assert!(
+        matches!(&reply, Some((Packet::Error { code: 2, msg }, _)) if msg == "File name too long"),
+        "{reply:?}"
+    );
+}

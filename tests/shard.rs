@@ -323,3 +323,43 @@ fn an_upload_replaced_while_it_commits_is_discarded_and_says_nothing_more() {
     let c = shard.stop();
     assert_eq!(c.transfers_replaced, 1, "{c:?}");
 }
+
+#[test]
+fn a_file_evicted_from_the_page_cache_is_read_ahead_and_sent_from_workers() {
+    // Pages not in memory fault inside sendmsg; on the shard's thread that
+    // stalls every transfer of the shard while the disk reads. A cold file
+    // is read ahead at admission, and its windows not yet in memory go out
+    // from io-wq workers.
+    let root = TempDir::new("shard-cold");
+    let path = root.join("cold.bin");
+    let want = write_random_file(&path, 5, 16 << 20);
+    let file = std::fs::File::open(&path).unwrap();
+    file.sync_all().unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain advice on a descriptor we own.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+    let shard = InProcess::start(root.path(), RING_FULL, &[]);
+    let got = raw_get_on(
+        &client_with_room(),
+        shard.addr,
+        b"cold.bin",
+        "octet",
+        &[("blksize", "1468"), ("windowsize", "8")],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_eq!(got.data, want);
+    let c = shard.stop();
+    if c.cold_files == 0 {
+        // tmpfs and friends keep every page in memory: nothing to test.
+        eprintln!(
+            "SKIP: the file stayed in the page cache ({})",
+            root.path().display()
+        );
+        return;
+    }
+    assert_eq!(c.cold_files, 1);
+    assert!(c.sends_in_worker > 0, "{c:?}");
+    assert_eq!(c.transfers_completed, 1);
+}

@@ -197,8 +197,8 @@ fn data_sends_point_into_the_owners_payload_without_a_reference_each() {
     ring.attach_payload(owner, Arc::clone(&file) as Arc<dyn Payload>);
     assert_eq!(Arc::strong_count(&file), 2);
     // Blocks 1-3 of 512 bytes in one GSO send, block 4 (464 bytes) alone.
-    ring.send_data(owner, peer_addr, 512, 1, 3).unwrap();
-    ring.send_data(owner, peer_addr, 512, 4, 1).unwrap();
+    ring.send_data(owner, peer_addr, 512, 1, 3, false).unwrap();
+    ring.send_data(owner, peer_addr, 512, 4, 1, false).unwrap();
     assert_eq!(Arc::strong_count(&file), 2, "no reference per send");
     let mut sent = 0;
     reap_until(
@@ -243,22 +243,24 @@ fn data_sends_keep_a_reserve_for_control_packets_and_a_cap_per_owner() {
         );
     }
     // One owner may not take more than its share of the pool.
-    ring.send_data(Owner::new(0), peer_addr, 512, 1, 1).unwrap();
-    ring.send_data(Owner::new(0), peer_addr, 512, 2, 1).unwrap();
+    ring.send_data(Owner::new(0), peer_addr, 512, 1, 1, false)
+        .unwrap();
+    ring.send_data(Owner::new(0), peer_addr, 512, 2, 1, false)
+        .unwrap();
     assert_eq!(
-        ring.send_data(Owner::new(0), peer_addr, 512, 3, 1),
+        ring.send_data(Owner::new(0), peer_addr, 512, 3, 1, false),
         Err(SendError::NoSlot)
     );
     // Six more owners take two each: 14 of 16 slots, the last two are kept.
     for i in 1..7 {
         for block in 1..=2 {
-            ring.send_data(Owner::new(i), peer_addr, 512, block, 1)
+            ring.send_data(Owner::new(i), peer_addr, 512, block, 1, false)
                 .unwrap();
         }
     }
     assert_eq!(ring.sends_available(), 2);
     assert_eq!(
-        ring.send_data(Owner::new(7), peer_addr, 512, 1, 1),
+        ring.send_data(Owner::new(7), peer_addr, 512, 1, 1, false),
         Err(SendError::NoSlot)
     );
     // An ERROR still finds a slot.

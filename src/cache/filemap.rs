@@ -67,6 +67,13 @@ unsafe impl Payload for Source {
     fn len_bytes(&self) -> u64 {
         self.len()
     }
+
+    fn is_resident(&self, offset: u64, len: u64) -> bool {
+        match self {
+            Source::Mapped(m) => m.is_resident(offset, len),
+            Source::Owned(_) => true,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
-use crate::sys::fs::open_beneath;
+use crate::sys::fs::{file_type, open_beneath, reopen};
 
 /// Longest file name accepted from a request, in bytes.
 pub const FILENAME_BYTES_MAX: usize = 255 * 4;
@@ -18,6 +18,11 @@ pub const FILENAME_BYTES_MAX: usize = 255 * 4;
 pub enum PathRefusal {
     NotFound,
     AccessViolation,
+    IsDirectory,
+    /// A FIFO, socket or device node: never opened for reading (a FIFO
+    /// would block until a writer came, a device open can have effects).
+    NotRegular,
+    NameTooLong,
     /// The process is out of file descriptors (EMFILE/ENFILE): not the
     /// client's fault, and worth retrying.
     NoDescriptors,
@@ -29,7 +34,7 @@ pub enum PathRefusal {
 pub fn relative_name(name: &[u8], out: &mut Vec<u8>) -> Result<(), PathRefusal> {
     out.clear();
     if name.len() > FILENAME_BYTES_MAX {
-        return Err(PathRefusal::AccessViolation);
+        return Err(PathRefusal::NameTooLong);
     }
     for component in name.split(|&b| b == b'/' || b == b'\\') {
         match component {
@@ -57,6 +62,8 @@ pub fn refusal_for(err: &io::Error) -> PathRefusal {
     match err.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => PathRefusal::NotFound,
         Some(libc::EMFILE) | Some(libc::ENFILE) => PathRefusal::NoDescriptors,
+        Some(libc::EISDIR) => PathRefusal::IsDirectory,
+        Some(libc::ENAMETOOLONG) => PathRefusal::NameTooLong,
         _ => PathRefusal::AccessViolation,
     }
 }
@@ -100,18 +107,36 @@ impl Root {
         self.dir.as_raw_fd()
     }
 
-    /// Opens a regular file for reading.
+    /// Opens a regular file for reading, without ever blocking or touching
+    /// anything else: the name is resolved with `O_PATH` (which opens
+    /// nothing: no FIFO waits for a writer, no device runs its open), the
+    /// type is checked, and only a regular file is then opened for reading,
+    /// the same inode through `/proc/self/fd`, non-blocking.
     pub fn open_read(&self, name: &[u8], scratch: &mut Vec<u8>) -> Result<File, PathRefusal> {
         relative_name(name, scratch)?;
         let path = as_c_path(scratch)?;
-        let fd = open_beneath(self.fd(), path, libc::O_RDONLY | libc::O_NOCTTY, 0)
-            .map_err(|e| refusal_for(&e))?;
-        let file = File::from(fd);
-        let meta = file.metadata().map_err(|e| refusal_for(&e))?;
-        if !meta.is_file() {
-            return Err(PathRefusal::AccessViolation);
-        }
-        Ok(file)
+        let handle = open_beneath(self.fd(), path, libc::O_PATH, 0).map_err(|e| refusal_for(&e))?;
+        check_regular(&handle)?;
+        let read = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let fd = match reopen(&handle, read) {
+            Ok(fd) => fd,
+            // No /proc: open the name again; the type check below catches a
+            // swap in between, and O_NONBLOCK keeps a FIFO from blocking.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                open_beneath(self.fd(), path, read, 0).map_err(|e| refusal_for(&e))?
+            }
+            Err(e) => return Err(refusal_for(&e)),
+        };
+        check_regular(&fd)?;
+        Ok(File::from(fd))
+    }
+}
+
+fn check_regular(fd: &impl AsRawFd) -> Result<(), PathRefusal> {
+    match file_type(fd).map_err(|e| refusal_for(&e))? {
+        libc::S_IFREG => Ok(()),
+        libc::S_IFDIR => Err(PathRefusal::IsDirectory),
+        _ => Err(PathRefusal::NotRegular),
     }
 }
 
@@ -148,7 +173,7 @@ mod tests {
         assert_eq!(rel(b"/"), Err(PathRefusal::AccessViolation));
         assert_eq!(
             rel(&[b'a'; FILENAME_BYTES_MAX + 1]),
-            Err(PathRefusal::AccessViolation)
+            Err(PathRefusal::NameTooLong)
         );
     }
 }

@@ -64,12 +64,20 @@ impl Upload {
         let dir = open_beneath(root.fd(), &dir_path, libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| UploadError::Refused(refusal_for(&e)))?;
         let name = CString::new(leaf).map_err(refused)?;
-        // The target must not be a directory or a symlink pointing anywhere.
+        // The target must not be a directory, a special file, or a symlink
+        // pointing anywhere.
         if let Ok(existing) =
             open_beneath(dir.as_raw_fd(), &name, libc::O_PATH | libc::O_NOFOLLOW, 0)
-            && file_type(&existing).map_or(true, |t| t != libc::S_IFREG)
         {
-            return Err(UploadError::Refused(PathRefusal::AccessViolation));
+            let refusal = match file_type(&existing) {
+                Ok(libc::S_IFREG) => None,
+                Ok(libc::S_IFDIR) => Some(PathRefusal::IsDirectory),
+                Ok(libc::S_IFLNK) | Err(_) => Some(PathRefusal::AccessViolation),
+                Ok(_) => Some(PathRefusal::NotRegular),
+            };
+            if let Some(r) = refusal {
+                return Err(UploadError::Refused(r));
+            }
         }
         let (file, temp_name) = match open_beneath(
             dir.as_raw_fd(),

@@ -50,6 +50,18 @@ impl Refusal {
         "Access violation",
         Cause::Access,
     );
+    pub const IS_DIRECTORY: Refusal =
+        Refusal::new(ErrorCode::AccessViolation, "Is a directory", Cause::Access);
+    pub const NOT_REGULAR: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Not a regular file",
+        Cause::Access,
+    );
+    pub const NAME_TOO_LONG: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "File name too long",
+        Cause::Access,
+    );
     pub const UPLOADS_DISABLED: Refusal = Refusal::new(
         ErrorCode::AccessViolation,
         "Uploads are disabled",

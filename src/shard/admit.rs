@@ -24,6 +24,9 @@ pub(super) fn path_refusal(r: PathRefusal) -> Refusal {
     match r {
         PathRefusal::NotFound => Refusal::NOT_FOUND,
         PathRefusal::AccessViolation => Refusal::ACCESS,
+        PathRefusal::IsDirectory => Refusal::IS_DIRECTORY,
+        PathRefusal::NotRegular => Refusal::NOT_REGULAR,
+        PathRefusal::NameTooLong => Refusal::NAME_TOO_LONG,
         PathRefusal::NoDescriptors => Refusal::BUSY,
     }
 }
@@ -203,10 +206,14 @@ impl Shard {
             }
             RequestKind::Write => uring::transfer_group(datagram_bytes),
         };
+        let cold = payload
+            .as_ref()
+            .is_some_and(|p| !p.is_resident(0, p.len_bytes()));
         let slot = Slot {
             store,
             group,
             gso: true,
+            cold,
             owed: None,
             waiting: false,
             filename: request.filename.into(),
@@ -230,6 +237,10 @@ impl Shard {
         }
         if let Some(payload) = payload {
             self.io.attach_payload(owner, payload);
+            if cold {
+                self.ctx.counters.cold_files.inc();
+                self.io.readahead(owner);
+            }
         }
         self.ctx.counters.sessions_accepted.inc();
         self.io.arm_recv(owner, group);

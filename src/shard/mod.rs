@@ -306,6 +306,7 @@ impl Shard {
             }
             Op::Send(done) => self.on_send_done(c.owner, done, c.result),
             Op::Fsync(step) => self.on_commit_step(c.owner, step, c.result, now),
+            Op::Advise => self.on_readahead_done(c.owner),
             // A wake only ends the wait; the loop then sees the shutdown flag.
             Op::Wake | Op::Cancel | Op::Nop => {}
         }

@@ -28,6 +28,10 @@ pub(super) struct Slot {
     pub group: Group,
     /// Windows go out as UDP GSO sends; off after the kernel refused one.
     pub gso: bool,
+    /// The file was not all in the page cache at admission: until it is,
+    /// a window whose pages are not resident is sent from an io-wq worker
+    /// (a page fault there must not stall the shard).
+    pub cold: bool,
     /// A transmit the session asked for that did not (wholly) fit the send
     /// pool: it goes out before the session is asked for anything else,
     /// unless the session has something newer, which supersedes it.

@@ -263,11 +263,20 @@ impl Shard {
                 } else {
                     1
                 };
+                // A cold file: is this window in memory yet?
+                let in_worker = entry.io.cold && {
+                    let offset = first.saturating_sub(1) * u64::from(blksize);
+                    let len = u64::from(count) * u64::from(blksize);
+                    !io.payload_resident(owner, offset, len)
+                };
+                if in_worker {
+                    ctx.counters.sends_in_worker.inc();
+                }
                 let end = first + u64::from(count);
                 let mut at = first;
                 while at < end {
                     let n = (end - at).min(per_send) as u16;
-                    match io.send_data(owner, peer, blksize, at, n) {
+                    match io.send_data(owner, peer, blksize, at, n, in_worker) {
                         Ok(()) => at += u64::from(n),
                         Err(SendError::NoSlot) => {
                             return Err(Transmit::Data {
@@ -342,6 +351,21 @@ impl Shard {
             }
             // Anything else (ENOBUFS, EAGAIN...) is loss; the timer resends.
             _ => {}
+        }
+    }
+
+    /// The read-ahead of a cold file was taken: if the whole file is in
+    /// memory now, its windows go out inline again.
+    pub(super) fn on_readahead_done(&mut self, owner: Owner) {
+        let Role::Session(index) = self.owners.role(owner) else {
+            return;
+        };
+        let Some(id) = self.sessions.id_at(index) else {
+            return;
+        };
+        let resident = self.io.payload_resident(owner, 0, u64::MAX);
+        if let Some(entry) = self.sessions.get_mut(id) {
+            entry.io.cold &= !resident;
         }
     }
 

@@ -83,6 +83,11 @@ counters! {
     stray_packets,
     /// Transmits that waited for a send slot (back-pressure; none is lost).
     sends_deferred,
+    /// RRQs of files not all in the page cache (read ahead at admission).
+    cold_files,
+    /// Windows of such files sent from an io-wq worker because their pages
+    /// were not in memory yet (the shard does not wait for the disk).
+    sends_in_worker,
     /// Refusals and ERROR 5s not sent for want of a send slot.
     refusals_dropped,
     /// Sends the kernel refused (errno on completion).

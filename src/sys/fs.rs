@@ -40,6 +40,21 @@ pub fn open_beneath(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> io::Resul
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Opens the inode `fd` refers to (an `O_PATH` descriptor, typically) anew
+/// with `flags`, through `/proc/self/fd`: the same inode, whatever has been
+/// renamed since. Fails with ENOENT when /proc is not mounted.
+pub fn reopen(fd: &impl AsRawFd, flags: i32) -> io::Result<OwnedFd> {
+    let path = std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated path; the kernel only reads it.
+    let raw = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// The file type bits (`S_IFMT`) of an open descriptor (works on `O_PATH`).
 pub fn file_type(fd: &impl AsRawFd) -> io::Result<u32> {
     // SAFETY: all-zero is a valid `stat`, which fstat fills in.
@@ -103,6 +118,43 @@ pub struct KernelMap(Mmap);
 impl KernelMap {
     pub fn as_ptr(&self) -> *const u8 {
         self.0.as_ptr()
+    }
+
+    /// Whether every page of bytes `offset .. offset + len` is in the page
+    /// cache now (`mincore`), so a send of them cannot wait on the disk.
+    /// Out-of-range bytes count as resident (a send of them fails anyway).
+    pub fn is_resident(&self, offset: u64, len: u64) -> bool {
+        const PAGE: usize = 4096;
+        const PAGES_PER_CALL: usize = 4096;
+        let size = self.0.len();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(size);
+        let end = usize::try_from(offset.saturating_add(len))
+            .unwrap_or(usize::MAX)
+            .min(size);
+        // The map is page-aligned; mincore wants a page-aligned start.
+        let mut page = start / PAGE * PAGE;
+        let mut vec = [0u8; PAGES_PER_CALL];
+        while page < end {
+            let chunk = (end - page).min(PAGES_PER_CALL * PAGE);
+            let pages = chunk.div_ceil(PAGE);
+            // SAFETY: [base + page, + chunk) lies inside the map; `vec`
+            // holds one byte per page of it. mincore reads no page data.
+            let rc = unsafe {
+                libc::mincore(
+                    self.0.as_ptr().add(page) as *mut libc::c_void,
+                    chunk,
+                    vec.as_mut_ptr(),
+                )
+            };
+            if rc != 0 {
+                return true; // cannot tell: send inline as before
+            }
+            if vec[..pages].iter().any(|&b| b & 1 == 0) {
+                return false;
+            }
+            page += chunk;
+        }
+        true
     }
 
     pub fn len(&self) -> usize {

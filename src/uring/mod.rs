@@ -141,7 +141,17 @@ pub fn transfer_group(datagram_bytes: usize) -> Group {
 pub unsafe trait Payload: Send + Sync {
     fn base(&self) -> *const u8;
     fn len_bytes(&self) -> u64;
+
+    /// Whether bytes `offset .. offset + len` can be sent without waiting on
+    /// a disk (memory always can; a file map asks the page cache).
+    fn is_resident(&self, _offset: u64, _len: u64) -> bool {
+        true
+    }
 }
+
+/// Read-ahead asked for a payload at most (an SQE carries a 32-bit length;
+/// a boot image's first 128 MiB is what its client reads first).
+pub const READAHEAD_BYTES_MAX: u64 = 128 << 20;
 
 /// A received buffer: ours until it is handed back with [`Uring::recycle`],
 /// which consumes it. Not `Copy`: it cannot be read after it went back.
@@ -177,6 +187,8 @@ pub enum Op {
     Cancel,
     Wake,
     Nop,
+    /// The read-ahead advice for the owner's payload was taken.
+    Advise,
 }
 
 /// One completion, decoded.
@@ -691,8 +703,37 @@ impl Uring {
         Ok(())
     }
 
+    /// Whether `owner`'s payload bytes `offset .. offset + len` are in memory.
+    pub fn payload_resident(&self, owner: Owner, offset: u64, len: u64) -> bool {
+        self.owner(owner)
+            .and_then(|s| s.payload.as_ref())
+            .is_none_or(|p| p.is_resident(offset, len))
+    }
+
+    /// Asks the kernel to read `owner`'s payload into the page cache, from an
+    /// io-wq worker (the shard does not wait for the disk).
+    pub fn readahead(&mut self, owner: Owner) {
+        let Some(payload) = self.owner(owner).and_then(|s| s.payload.as_ref()) else {
+            return;
+        };
+        let len = payload.len_bytes().min(READAHEAD_BYTES_MAX);
+        if len == 0 {
+            return;
+        }
+        let sqe = opcode::Madvise::new(
+            payload.base().cast(),
+            len as libc::off_t,
+            libc::MADV_WILLNEED,
+        )
+        .build();
+        let _ = self.push(owner, OpKind::Advise, 0, sqe);
+    }
+
     /// Queues DATA blocks `first .. first + count` of `owner`'s payload in one
     /// sendmsg (UDP GSO when `count > 1`; at most [`GSO_SEGMENTS_MAX`]).
+    /// `in_worker`: the blocks may not be in memory yet, so the send runs
+    /// in an io-wq worker (IOSQE_ASYNC) and a page fault there blocks that
+    /// worker instead of the ring's thread.
     pub fn send_data(
         &mut self,
         owner: Owner,
@@ -700,6 +741,7 @@ impl Uring {
         blksize: u16,
         first: u64,
         count: u16,
+        in_worker: bool,
     ) -> Result<(), SendError> {
         let reserve = self.control_reserve();
         let per_owner = self.sends_per_owner_max();
@@ -721,7 +763,10 @@ impl Uring {
             self.sends.untake(slot);
             return Err(SendError::Encode);
         };
-        let sqe = opcode::SendMsg::new(Fixed(owner.0), msg).build();
+        let mut sqe = opcode::SendMsg::new(Fixed(owner.0), msg).build();
+        if in_worker {
+            sqe = sqe.flags(squeue::Flags::ASYNC);
+        }
         if !self.push(owner, OpKind::Send, slot, sqe) {
             self.sends.untake(slot);
             return Err(SendError::NoSlot);
@@ -969,6 +1014,7 @@ impl Uring {
             }
             OpKind::Wake => Op::Wake,
             OpKind::Nop => Op::Nop,
+            OpKind::Advise => Op::Advise,
             OpKind::CancelAll => return None,
         };
         Some(Completion {

@@ -6,14 +6,16 @@
 //! - a send (at most one per send slot),
 //! - a received datagram holding a provided buffer (at most one per buffer),
 //! - per owner, the final completion of its multishot receive, of a cancel
-//!   of that receive, and of one fsync or wake read ([`OPS_PER_OWNER`]).
+//!   of that receive, and of one fsync, read-ahead or wake read
+//!   ([`OPS_PER_OWNER`]).
 //!
 //! (An overflow would still not lose completions on Linux 5.5+, but it
 //! ends multishot receives and costs kernel memory; it is counted.)
 
 /// Completions other than sends and buffered datagrams that one owner can
 /// have outstanding at once: its receive's final completion, a cancel of
-/// that receive, and one fsync (uploads commit one step at a time).
+/// that receive, and one fsync (an upload commits one step at a time) or
+/// one read-ahead advice (a download asks once).
 pub const OPS_PER_OWNER: u32 = 3;
 /// Linux's limit on completion-queue entries (IORING_MAX_CQ_ENTRIES).
 pub const CQ_ENTRIES_MAX: u32 = 65_536;

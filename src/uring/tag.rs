@@ -20,6 +20,8 @@ pub enum OpKind {
     Nop = 6,
     /// Cancel of every operation, at teardown.
     CancelAll = 7,
+    /// `madvise(WILLNEED)` of the owner's payload (read-ahead).
+    Advise = 8,
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -51,6 +53,7 @@ impl Tag {
             5 => OpKind::Wake,
             6 => OpKind::Nop,
             7 => OpKind::CancelAll,
+            8 => OpKind::Advise,
             _ => return None,
         };
         Some(Tag {
@@ -75,6 +78,7 @@ mod tests {
             OpKind::Wake,
             OpKind::Nop,
             OpKind::CancelAll,
+            OpKind::Advise,
         ] {
             for (owner, aux) in [(0, 0), (OWNERS_MAX - 1, u32::MAX), (12345, 7)] {
                 let tag = Tag { kind, owner, aux };
