@@ -41,6 +41,13 @@ pub struct Args {
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
 
+    /// Start beside a uftpd that is serving the same addresses (they share
+    /// the ports through SO_REUSEPORT), for a restart without a gap: start
+    /// the new one with --takeover, then SIGTERM the old one, which stops
+    /// taking requests at once and drains. Without it a busy port is refused.
+    #[arg(long)]
+    pub takeover: bool,
+
     /// Allow WRQ uploads (create or replace files). Without it every WRQ
     /// gets ERROR 2.
     #[arg(long)]

@@ -41,6 +41,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod log;
 pub mod proto;
 pub mod shard;
 pub mod stats;

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use clap::Parser;
 
 use uftpd::cache::{FileCache, Root};
 use uftpd::config::{Args, sizes};
-use uftpd::shard::{self, Shard, ShardSetup};
+use uftpd::shard::{self, Control, Shard, ShardSetup};
 use uftpd::stats::{ShardCounters, Snapshot};
 use uftpd::sys::net;
 use uftpd::sys::process::{self, EventFd, SignalSet};
@@ -32,7 +31,7 @@ fn main() -> ExitCode {
                 .map(str::trim)
                 .take_while(|l| !l.is_empty())
                 .collect();
-            eprintln!(
+            uftpd::log!(
                 "uftpd: {} (see uftpd --help)",
                 first.join(" ").trim_start_matches("error: ")
             );
@@ -42,7 +41,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("uftpd: {message}");
+            uftpd::log!("uftpd: {message}");
             ExitCode::FAILURE
         }
     }
@@ -55,7 +54,7 @@ fn run(args: Args) -> Result<(), String> {
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards = args.cores.map_or(online, usize::from);
     if shards > online {
-        eprintln!(
+        uftpd::log!(
             "uftpd: warning: {shards} shards on {online} CPUs; shards share CPUs round-robin"
         );
     }
@@ -63,7 +62,7 @@ fn run(args: Args) -> Result<(), String> {
     // No probe ring here: one created and dropped now would still hold its
     // locked memory (freed asynchronously) when the shards build theirs.
     // A shard that cannot build its ring says why, in one line.
-    let sockets = bind_all(&args.listen_addrs(), shards)?;
+    let sockets = bind_all(&args.listen_addrs(), shards, args.takeover)?;
     let services = sockets.first().map_or(0, |s| s.len());
     let per_shard_sessions = sessions_per_shard(&args, shards)?;
     let plan = shard::plan(shards, per_shard_sessions, services)?;
@@ -72,7 +71,7 @@ fn run(args: Args) -> Result<(), String> {
             .ok()
             .and_then(|l| l.soft)
             .map_or("unlimited".to_string(), |b| format!("{} KiB", b / 1024));
-        eprintln!(
+        uftpd::log!(
             "uftpd: warning: RLIMIT_MEMLOCK is {limit}, too little for full-size rings with \
              {per_shard_sessions} sessions per shard; running with {} and at most {} sessions \
              per shard (raise the limit, see tuning.md)",
@@ -86,10 +85,17 @@ fn run(args: Args) -> Result<(), String> {
     }
     let cache = Arc::new(FileCache::new(sizes::CACHE_ENTRIES_MAX));
     let root = Arc::new(root);
-    let shutdown = Arc::new(AtomicBool::new(false));
+    let control = Arc::new(Control::default());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    // Shard threads inherit this mask, so only the main thread takes them.
-    let signals = SignalSet::block(&[libc::SIGINT, libc::SIGTERM]);
+    // Shard threads inherit this mask, so only the main thread takes these,
+    // and none of them can kill the server mid-transfer.
+    let signals = SignalSet::block(&[
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ]);
     let wake = EventFd::new().map_err(|e| format!("eventfd: {e}"))?;
     let mut threads = Vec::with_capacity(shards);
     let mut all_counters: Vec<Arc<ShardCounters>> = Vec::with_capacity(shards);
@@ -106,7 +112,7 @@ fn run(args: Args) -> Result<(), String> {
             root: Arc::clone(&root),
             cache: Arc::clone(&cache),
             counters,
-            shutdown: Arc::clone(&shutdown),
+            control: Arc::clone(&control),
             server: args.server_config(),
             sessions_max: plan.sessions_per_shard,
             sessions_per_client_max: args.max_sessions_per_client,
@@ -146,7 +152,7 @@ fn run(args: Args) -> Result<(), String> {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
-                shutdown.store(true, Ordering::Relaxed);
+                control.hurry();
                 wake_shards(&wake, shards);
                 return Err(message);
             }
@@ -154,34 +160,50 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     for addr in &bound {
-        eprintln!("uftpd: listening on {addr}");
+        uftpd::log!("uftpd: listening on {addr}");
     }
-    eprintln!(
+    uftpd::log!(
         "uftpd: serving {} with {shards} shards",
         args.root.display()
     );
 
-    // Wait for SIGINT/SIGTERM (blocked in every thread, taken here), then
-    // tell the shards.
+    // Signals are blocked in every thread and taken here. SIGINT/SIGTERM:
+    // drain (a second one ends the grace period); SIGHUP: reload; SIGUSR1:
+    // print the counters; SIGUSR2: nothing (it must not kill the server).
     let mut result = Ok(());
-    loop {
-        if signals.wait(Duration::from_secs(1)).is_some() {
-            break;
+    let mut draining = false;
+    while !threads.iter().all(|t| t.is_finished()) {
+        match signals.wait(Duration::from_secs(1)) {
+            Some(libc::SIGINT | libc::SIGTERM) if draining => {
+                uftpd::log!("uftpd: second signal: ending running transfers now");
+                control.hurry();
+                wake_shards(&wake, shards);
+            }
+            Some(libc::SIGINT | libc::SIGTERM) => {
+                uftpd::log!(
+                    "uftpd: signal received: no new requests; running transfers have {} ms \
+                     to finish (signal again to end them now)",
+                    args.grace_ms
+                );
+                draining = true;
+                control.drain();
+                wake_shards(&wake, shards);
+            }
+            Some(libc::SIGHUP) => {
+                uftpd::log!("uftpd: SIGHUP: nothing to reload (settings are read at start)");
+            }
+            Some(libc::SIGUSR1) => print_totals(&all_counters),
+            Some(other) => uftpd::log!("uftpd: signal {other} ignored"),
+            None => {}
         }
-        if threads.iter().any(|t| t.is_finished()) {
+        if !draining && threads.iter().any(|t| t.is_finished()) {
             // A shard only returns on its own after an error; never exit 0 then.
             result = Err("a shard stopped unexpectedly; shutting down".to_string());
-            break;
+            draining = true;
+            control.hurry();
+            wake_shards(&wake, shards);
         }
     }
-    if result.is_ok() {
-        eprintln!(
-            "uftpd: signal received: no new requests; running transfers have {} ms to finish",
-            args.grace_ms
-        );
-    }
-    shutdown.store(true, Ordering::Relaxed);
-    wake_shards(&wake, shards);
     for t in threads {
         match t.join() {
             Ok(Ok(())) => {}
@@ -190,12 +212,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     if args.verbose >= 1 {
-        let mut total = Snapshot::default();
-        for c in &all_counters {
-            total.add(&c.snapshot());
-        }
-        let fields: Vec<String> = total.fields().map(|(k, v)| format!("{k}={v}")).collect();
-        eprintln!("uftpd: totals: {}", fields.join(" "));
+        print_totals(&all_counters);
     }
     result
 }
@@ -205,14 +222,22 @@ fn run(args: Args) -> Result<(), String> {
 fn bind_all(
     addrs: &[SocketAddr],
     shards: usize,
+    takeover: bool,
 ) -> Result<Vec<Vec<(OwnedFd, SocketAddr)>>, String> {
     let explicit = addrs.len() == 1 || !addrs.iter().all(|a| a.ip().is_unspecified());
     let mut per_shard: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..shards).map(|_| Vec::new()).collect();
     for &addr in addrs {
-        if let Err(e) = net::probe_exclusive(addr) {
+        // With --takeover the port is expected to be busy (the instance we
+        // replace): join its SO_REUSEPORT group instead of waiting it out.
+        let probed = if takeover {
+            Ok(())
+        } else {
+            probe_exclusive_retrying(addr)
+        };
+        if let Err(e) = probed {
             // The default dual-stack listen tolerates a host without IPv6.
             if !explicit && addr.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
-                eprintln!("uftpd: warning: IPv6 unavailable, serving IPv4 only");
+                uftpd::log!("uftpd: warning: IPv6 unavailable, serving IPv4 only");
                 continue;
             }
             return Err(bind_error(addr, &e));
@@ -230,17 +255,47 @@ fn bind_all(
     Ok(per_shard)
 }
 
+/// How long a port that is still in use is retried: the previous instance
+/// of this server, stopped a moment ago, may not have closed its sockets.
+const BIND_RETRY_MS: u64 = 2000;
+
+fn probe_exclusive_retrying(addr: SocketAddr) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(BIND_RETRY_MS);
+    loop {
+        match net::probe_exclusive(addr) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EADDRINUSE)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
     match e.raw_os_error() {
-        Some(libc::EADDRINUSE) => {
-            format!("cannot listen on {addr}: port in use by another program")
-        }
+        Some(libc::EADDRINUSE) => format!(
+            "cannot listen on {addr}: port in use by another program (to restart uftpd \
+             without a gap, start the new one with --takeover, then stop the old one)"
+        ),
         Some(libc::EACCES) => format!(
             "cannot listen on {addr}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
         ),
         Some(libc::EADDRNOTAVAIL) => format!("cannot listen on {addr}: no such local address"),
         _ => format!("cannot listen on {addr}: {e}"),
     }
+}
+
+/// One line with every counter, summed over the shards.
+fn print_totals(counters: &[Arc<ShardCounters>]) {
+    let mut total = Snapshot::default();
+    for c in counters {
+        total.add(&c.snapshot());
+    }
+    let fields: Vec<String> = total.fields().map(|(k, v)| format!("{k}={v}")).collect();
+    uftpd::log!("uftpd: totals: {}", fields.join(" "));
 }
 
 /// Wakes every shard's armed eventfd read (semaphore mode: one each).
@@ -264,7 +319,7 @@ fn sessions_per_shard(args: &Args, shards: usize) -> Result<usize, String> {
         fit -= (fit / 8).max(1);
     }
     if fit < wanted {
-        eprintln!(
+        uftpd::log!(
             "uftpd: warning: RLIMIT_NOFILE is {nofile}: serving at most {} sessions (not {}); \
              raise it (LimitNOFILE= in the systemd unit) for more",
             fit * shards,

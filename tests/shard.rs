@@ -9,8 +9,10 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use uftpd::shard::Control;
 
 use clap::Parser;
 
@@ -26,7 +28,7 @@ use uftpd::uring::{RING_FULL, RingSizes};
 struct InProcess {
     addr: SocketAddr,
     counters: Arc<ShardCounters>,
-    shutdown: Arc<AtomicBool>,
+    control: Arc<Control>,
     wake: EventFd,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -45,7 +47,7 @@ impl InProcess {
         let fd = net::service_socket("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = net::local_addr(&fd).unwrap();
         let counters = Arc::new(ShardCounters::default());
-        let shutdown = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(Control::default());
         let wake = EventFd::new().unwrap();
         let setup = ShardSetup {
             index: 0,
@@ -53,7 +55,7 @@ impl InProcess {
             root: Arc::new(Root::open(root).unwrap()),
             cache: Arc::new(FileCache::new(64)),
             counters: Arc::clone(&counters),
-            shutdown: Arc::clone(&shutdown),
+            control: Arc::clone(&control),
             server: args.server_config(),
             sessions_max: args.max_sessions as usize,
             sessions_per_client_max: args.max_sessions_per_client,
@@ -70,7 +72,7 @@ impl InProcess {
         InProcess {
             addr,
             counters,
-            shutdown,
+            control,
             wake,
             thread: Some(thread),
         }
@@ -78,7 +80,7 @@ impl InProcess {
 
     /// Stops the shard (bounded by its grace period) and returns its counters.
     fn stop(mut self) -> Snapshot {
-        self.shutdown.store(true, Ordering::Relaxed);
+        self.control.drain();
         self.wake.notify(1).unwrap();
         let result = self.thread.take().unwrap().join().expect("shard panicked");
         result.expect("shard failed");
@@ -89,7 +91,7 @@ impl InProcess {
 impl Drop for InProcess {
     fn drop(&mut self) {
         if let Some(t) = self.thread.take() {
-            self.shutdown.store(true, Ordering::Relaxed);
+            self.control.hurry();
             let _ = self.wake.notify(1);
             let _ = t.join();
         }

@@ -135,7 +135,7 @@ impl Shard {
         refusal: Refusal,
     ) {
         if self.ctx.verbose >= 2 {
-            eprintln!("uftpd: refused {peer}: {}", refusal.message);
+            crate::log!("uftpd: refused {peer}: {}", refusal.message);
         }
         let Some(svc) = self.services.get(service) else {
             return;

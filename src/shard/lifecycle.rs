@@ -69,7 +69,7 @@ impl Shard {
         }
         if self.ctx.verbose >= 1 {
             let read = entry.session.kind() == RequestKind::Read;
-            eprintln!(
+            crate::log!(
                 "uftpd: {} {} {} {}: {} after {} ms",
                 if read { "RRQ" } else { "WRQ" },
                 String::from_utf8_lossy(&entry.io.filename),
@@ -109,8 +109,9 @@ impl Shard {
     }
 
     /// Shutdown: stop taking requests, let transfers finish within the
-    /// grace period, then end the rest. Returns true when the shard may exit.
-    pub(super) fn drain(&mut self, now: Instant) -> bool {
+    /// grace period (none when `hurry`: a second signal), then end the rest.
+    /// Returns true when the shard may exit.
+    pub(super) fn drain(&mut self, now: Instant, hurry: bool) -> bool {
         let since = match self.draining_since {
             Some(t) => t,
             None => {
@@ -142,7 +143,11 @@ impl Shard {
             let settled = self.sessions.occupied() == 0 && !services_open;
             return settled || elapsed > Duration::from_millis(SETTLE_IDLE_MS);
         }
-        let grace = Duration::from_millis(self.ctx.grace_ms);
+        let grace = if hurry {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(self.ctx.grace_ms)
+        };
         if elapsed > grace {
             for index in 0..self.sessions.capacity() as u32 {
                 let Some(id) = self.sessions.id_at(index) else {

@@ -34,7 +34,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cache::{FileCache, Root};
@@ -55,7 +55,7 @@ pub struct ShardSetup {
     pub root: Arc<Root>,
     pub cache: Arc<FileCache>,
     pub counters: Arc<ShardCounters>,
-    pub shutdown: Arc<AtomicBool>,
+    pub control: Arc<Control>,
     pub server: ServerConfig,
     pub sessions_max: usize,
     pub sessions_per_client_max: u32,
@@ -70,6 +70,40 @@ pub struct ShardSetup {
     /// Faults to inject (tests only; `Faults::default()` injects none).
     #[doc(hidden)]
     pub faults: Faults,
+}
+
+/// What `main` tells the shards: run, drain (stop taking requests and let
+/// transfers finish within the grace period), or hurry (end the grace
+/// period now: a second SIGINT/SIGTERM). Shards read it once per turn;
+/// after changing it, wake them through their eventfd.
+#[derive(Debug, Default)]
+pub struct Control(AtomicU8);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Draining,
+    Hurrying,
+}
+
+impl Control {
+    pub fn drain(&self) {
+        let _ = self
+            .0
+            .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn hurry(&self) {
+        self.0.store(2, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> RunState {
+        match self.0.load(Ordering::Relaxed) {
+            0 => RunState::Running,
+            1 => RunState::Draining,
+            _ => RunState::Hurrying,
+        }
+    }
 }
 
 /// Faults a test can make the shard's ring inject.
@@ -143,7 +177,7 @@ struct Context {
     root: Arc<Root>,
     cache: Arc<FileCache>,
     counters: Arc<ShardCounters>,
-    shutdown: Arc<AtomicBool>,
+    control: Arc<Control>,
     server: ServerConfig,
     allow_create: bool,
     netascii_bytes_max: u64,
@@ -174,6 +208,25 @@ pub struct Shard {
     draining_since: Option<Instant>,
 }
 
+/// How long a ring that cannot get its locked memory is retried: a ring
+/// closed a moment ago (this server's previous instance) gives its pinned
+/// pages back asynchronously.
+const RING_RETRY_MS: u64 = 2000;
+
+fn new_ring_retrying(sizes: RingSizes, owners: u32) -> Result<Uring, StartError> {
+    let deadline = Instant::now() + Duration::from_millis(RING_RETRY_MS);
+    loop {
+        match Uring::new(sizes, owners).map_err(StartError::from) {
+            Err(StartError::Ring(e) | StartError::Buffers(e))
+                if e.raw_os_error() == Some(libc::ENOMEM) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Shard {
     /// Builds the ring and installs the sockets, on the calling (shard) thread.
     pub fn new(setup: ShardSetup) -> Result<Shard, StartError> {
@@ -182,7 +235,7 @@ impl Shard {
             sessions: capacity as u32,
             services: setup.service_sockets.len() as u32,
         };
-        let mut io = Uring::new(setup.ring_sizes, owners.total()).map_err(StartError::from)?;
+        let mut io = new_ring_retrying(setup.ring_sizes, owners.total())?;
         io.inject_fsync_delay(setup.faults.fsync_delay);
         let mut services = Vec::with_capacity(setup.service_sockets.len());
         for (i, (fd, addr)) in setup.service_sockets.into_iter().enumerate() {
@@ -207,7 +260,7 @@ impl Shard {
                 root: setup.root,
                 cache: setup.cache,
                 counters: setup.counters,
-                shutdown: setup.shutdown,
+                control: setup.control,
                 server: setup.server,
                 allow_create: setup.allow_create,
                 netascii_bytes_max: setup.netascii_bytes_max,
@@ -243,7 +296,12 @@ impl Shard {
             if now >= self.next_timer_scan {
                 self.scan_timers(now);
             }
-            if self.ctx.shutdown.load(Ordering::Relaxed) && self.drain(now) {
+            let done = match self.ctx.control.state() {
+                RunState::Running => false,
+                RunState::Draining => self.drain(now, false),
+                RunState::Hurrying => self.drain(now, true),
+            };
+            if done {
                 break;
             }
             let wait = self.next_timer_scan.saturating_duration_since(now).clamp(
@@ -307,8 +365,10 @@ impl Shard {
             Op::Send(done) => self.on_send_done(c.owner, done, c.result),
             Op::Fsync(step) => self.on_commit_step(c.owner, step, c.result, now),
             Op::Advise => self.on_readahead_done(c.owner),
-            // A wake only ends the wait; the loop then sees the shutdown flag.
-            Op::Wake | Op::Cancel | Op::Nop => {}
+            // A wake only ends the wait; the loop then reads the control
+            // state. Armed again for the next one (a second signal).
+            Op::Wake => self.io.arm_wake(self.owners.wake()),
+            Op::Cancel | Op::Nop => {}
         }
     }
 

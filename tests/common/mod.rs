@@ -271,14 +271,32 @@ fn cmdline_of(cmd: &Command) -> String {
 /// Run a client command with stdin closed, capturing stdout/stderr; kill it
 /// (SIGKILL) if it has not finished within `timeout`.
 pub fn run_client(cmd: &mut Command, timeout: Duration) -> ClientOutput {
+    run_client_with_input(cmd, None, timeout)
+}
+
+/// Like [`run_client`], with `input` written to the client's stdin (the
+/// commands of an interactive client such as tftp-hpa's `tftp`).
+pub fn run_client_with_input(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> ClientOutput {
     let cmdline = cmdline_of(cmd);
     let start = Instant::now();
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn `{cmdline}`: {e}"));
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        let _ = stdin.write_all(input);
+    }
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = thread::spawn(move || {
@@ -535,7 +553,8 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
-    fn signal(&self, sig: &str) {
+    /// Sends signal `sig` (as `kill` spells it: "-HUP") to the server.
+    pub fn signal(&self, sig: &str) {
         if let Some(c) = &self.child {
             self.log
                 .lock()
