@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::proto::budget::SourceLimits;
+use crate::proto::endpoint::EndpointConfig;
 use crate::proto::options::{NegotiationLimits, WINDOWSIZE_MAX};
 use crate::proto::server::ServerConfig;
 use crate::proto::transfer::TimerConfig;
@@ -78,16 +80,48 @@ pub struct Args {
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_sessions: u32,
 
-    /// Concurrent transfers from one client address, per shard.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_sessions_per_client: u32,
+    /// Concurrent transfers from one client address, per shard (a NAT or
+    /// a relay in front of a farm is one address) [default: no limit but
+    /// --max-sessions].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_client: Option<u32>,
 
-    /// Largest upload accepted, in bytes (a bigger tsize gets ERROR 3).
-    #[arg(long, default_value_t = 4 << 30)]
+    /// Transfers from one client address whose client has not answered
+    /// yet, per shard: what a spoofed source can hold (a client that
+    /// answers is not limited by it).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_unverified_per_client: u32,
+
+    /// New transfers one client address (an IPv6 /64) may start per second,
+    /// after a burst of --client-burst; over it, requests get no answer (the
+    /// client retries: an ERROR would end a ROM's boot).
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_rate: u64,
+
+    /// New transfers one client address may start at once, before
+    /// --client-rate applies (a PXE client's lookups, a NAT's storm).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_burst: u64,
+
+    /// Bytes per second that may go to one client address before it has
+    /// answered (first replies and their one resend; 4 seconds' worth at
+    /// once), per shard. Bounds what a spoofed request can reflect.
+    #[arg(long, default_value = "256K", value_parser = parse_size)]
+    pub unverified_client_bytes_per_s: u64,
+
+    /// Bytes per second that may go to clients that have not answered, all
+    /// of them together, all shards together (2 seconds' worth at once).
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub unverified_bytes_per_s: u64,
+
+    /// Largest upload accepted (a bigger tsize gets ERROR 3); bytes, or
+    /// with a unit: 512K, 64M, 4G.
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
     pub max_upload_bytes: u64,
 
-    /// Largest file served in netascii mode, in bytes (it is converted in memory).
-    #[arg(long, default_value_t = 64 << 20)]
+    /// Largest file served in netascii mode (it is converted in memory);
+    /// bytes, or with a unit.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub max_netascii_bytes: u64,
 
     /// How long a finished upload keeps re-ACKing a repeated last block, in
@@ -112,6 +146,38 @@ pub mod sizes {
     /// Descriptors kept back from RLIMIT_NOFILE for everything but transfer
     /// sockets (service sockets, uploads' files, the cache's opens, std).
     pub const DESCRIPTORS_RESERVED: u64 = 64;
+    /// Client addresses whose rates a shard tracks at once (about 48 bytes
+    /// each); beyond it, idle ones are forgotten, or new ones pass untracked.
+    pub const SOURCES_TRACKED_MAX: usize = 65_536;
+}
+
+/// A size in bytes: a number, optionally followed by K, M, G or T (powers
+/// of 1024; a trailing `B` or `iB` is accepted too: 4G, 4GiB, 512K, 300).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown unit in {text:?} (use K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (a number, optionally with K, M, G or T)"))?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 impl Args {
@@ -139,8 +205,53 @@ impl Args {
                 backoff: true,
                 unverified_resends_max: Some(1),
                 unverified_quiet_waits: UNVERIFIED_QUIET_WAITS,
+                unverified_retransmit_ms: self.retransmit_ms,
             },
             dally_ms: self.dally_ms,
         }
+    }
+
+    /// The admission policy of one of `shards` shards holding
+    /// `sessions_per_shard` sessions: per-client limits apply per shard (a
+    /// client's ports may hash to different shards), global budgets are
+    /// split between the shards.
+    pub fn endpoint_config(&self, shards: usize, sessions_per_shard: usize) -> EndpointConfig {
+        let shards = shards.max(1) as u64;
+        let client_bytes = self.unverified_client_bytes_per_s;
+        let all_bytes = self.unverified_bytes_per_s.div_ceil(shards);
+        EndpointConfig {
+            sessions_max: sessions_per_shard.max(1),
+            sessions_per_client_max: self.max_sessions_per_client.unwrap_or(u32::MAX),
+            unverified_per_client_max: self.max_unverified_per_client,
+            restart_after_silence_ms: self.retransmit_ms,
+            sources: SourceLimits {
+                sessions_per_s: self.client_rate,
+                sessions_burst: self.client_burst,
+                unverified_bytes_per_s: client_bytes,
+                unverified_bytes_burst: client_bytes.saturating_mul(4),
+            },
+            sources_max: sizes::SOURCES_TRACKED_MAX,
+            unverified_bytes_per_s: all_bytes,
+            unverified_bytes_burst: all_bytes.saturating_mul(2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("300"), Ok(300));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert!(parse_size("4X").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

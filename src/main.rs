@@ -96,7 +96,9 @@ fn run(args: Args) -> Result<(), String> {
         libc::SIGUSR1,
         libc::SIGUSR2,
     ]);
-    let wake = EventFd::new().map_err(|e| format!("eventfd: {e}"))?;
+    // One eventfd per shard: a shard re-arms its read after a wake, and a
+    // shared counter would let one shard take another's wake-up.
+    let mut wakes: Vec<EventFd> = Vec::with_capacity(shards);
     let mut threads = Vec::with_capacity(shards);
     let mut all_counters: Vec<Arc<ShardCounters>> = Vec::with_capacity(shards);
     let mut bound: Vec<SocketAddr> = Vec::new();
@@ -114,14 +116,18 @@ fn run(args: Args) -> Result<(), String> {
             counters,
             control: Arc::clone(&control),
             server: args.server_config(),
-            sessions_max: plan.sessions_per_shard,
-            sessions_per_client_max: args.max_sessions_per_client,
+            endpoint: args.endpoint_config(shards, plan.sessions_per_shard),
             allow_create: args.create,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,
             verbose: args.verbose,
             ring_sizes: plan.sizes,
-            wake: wake.try_clone().map_err(|e| format!("eventfd: {e}"))?,
+            wake: {
+                let wake = EventFd::new().map_err(|e| format!("eventfd: {e}"))?;
+                let ours = wake.try_clone().map_err(|e| format!("eventfd: {e}"))?;
+                wakes.push(ours);
+                wake
+            },
             faults: Default::default(),
         };
         let core = cpus.get(index % cpus.len().max(1)).copied();
@@ -153,7 +159,7 @@ fn run(args: Args) -> Result<(), String> {
             Ok(Ok(())) => {}
             Ok(Err(message)) => {
                 control.hurry();
-                wake_shards(&wake, shards);
+                wake_shards(&wakes);
                 return Err(message);
             }
             Err(_) => return Err("a shard failed to start".into()),
@@ -177,7 +183,7 @@ fn run(args: Args) -> Result<(), String> {
             Some(libc::SIGINT | libc::SIGTERM) if draining => {
                 uftpd::log!("uftpd: second signal: ending running transfers now");
                 control.hurry();
-                wake_shards(&wake, shards);
+                wake_shards(&wakes);
             }
             Some(libc::SIGINT | libc::SIGTERM) => {
                 uftpd::log!(
@@ -187,7 +193,7 @@ fn run(args: Args) -> Result<(), String> {
                 );
                 draining = true;
                 control.drain();
-                wake_shards(&wake, shards);
+                wake_shards(&wakes);
             }
             Some(libc::SIGHUP) => {
                 uftpd::log!("uftpd: SIGHUP: nothing to reload (settings are read at start)");
@@ -201,7 +207,7 @@ fn run(args: Args) -> Result<(), String> {
             result = Err("a shard stopped unexpectedly; shutting down".to_string());
             draining = true;
             control.hurry();
-            wake_shards(&wake, shards);
+            wake_shards(&wakes);
         }
     }
     for t in threads {
@@ -298,9 +304,11 @@ fn print_totals(counters: &[Arc<ShardCounters>]) {
     uftpd::log!("uftpd: totals: {}", fields.join(" "));
 }
 
-/// Wakes every shard's armed eventfd read (semaphore mode: one each).
-fn wake_shards(wake: &EventFd, shards: usize) {
-    let _ = wake.notify(shards as u64);
+/// Wakes every shard through its own eventfd.
+fn wake_shards(wakes: &[EventFd]) {
+    for wake in wakes {
+        let _ = wake.notify(1);
+    }
 }
 
 /// `--max-sessions` split over the shards, within what RLIMIT_NOFILE allows:

@@ -35,6 +35,7 @@ use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use uftpd::proto::block;
+use uftpd::proto::budget::SourceLimits;
 use uftpd::proto::client::{ClientEvent, ClientSession};
 use uftpd::proto::endpoint::{Decision, Endpoint, EndpointConfig, Ignored};
 use uftpd::proto::options::NegotiationLimits;
@@ -212,6 +213,7 @@ fn server_config() -> ServerConfig {
             backoff: true,
             unverified_resends_max: Some(1),
             unverified_quiet_waits: 2,
+            unverified_retransmit_ms: 1000,
         },
         dally_ms: 10_000,
     }
@@ -813,9 +815,13 @@ impl Sim {
             assert_eq!(request.kind, self.kind, "{}", self.ctx);
             let decision = self
                 .endpoint
-                .decide(&self.sessions, CLIENT_PEER, bytes, false, now);
+                .decide(&mut self.sessions, CLIENT_PEER, bytes, false, now);
             match decision {
-                Decision::Accept(request) if self.server_id.is_none() => {
+                Decision::Accept {
+                    request,
+                    replace: None,
+                    evict: None,
+                } if self.server_id.is_none() => {
                     let config = self.server_config;
                     let session = match request.kind {
                         RequestKind::Read => ServerSession::read(
@@ -835,7 +841,7 @@ impl Sim {
                     self.server_id = Some(id);
                     self.flush(Side::Server, Trigger::Start, None);
                 }
-                Decision::Accept(_) => {
+                Decision::Accept { replace: None, .. } => {
                     assert!(
                         self.server().and_then(|s| s.outcome()).is_some(),
                         "{}: a second session while the first runs",
@@ -873,7 +879,8 @@ impl Sim {
         let trigger = self.classify(Side::Server, packet);
         let before = self.server().unwrap().outcome();
         self.server_heard_peer |= before.is_none();
-        let event = self.server_mut().unwrap().handle(packet, now);
+        let id = self.server_id.unwrap();
+        let event = self.sessions.handle(id, packet, now).unwrap();
         if let Event::Store { index, last } = event {
             let Packet::Data { payload, .. } = packet else {
                 panic!("{}: Store for a non-DATA packet", self.ctx)
@@ -963,11 +970,24 @@ fn run(mut sc: Scenario) -> Report {
         seq: 0,
         client,
         sessions: Sessions::new(2),
-        endpoint: Endpoint::new(EndpointConfig {
-            sessions_max: 1,
-            sessions_per_client_max: 1,
-            restart_after_silence_ms: sc.server.timer.retransmit_ms,
-        }),
+        endpoint: Endpoint::new(
+            EndpointConfig {
+                sessions_max: 1,
+                sessions_per_client_max: 1,
+                unverified_per_client_max: 1,
+                restart_after_silence_ms: sc.server.timer.retransmit_ms,
+                sources: SourceLimits {
+                    sessions_per_s: 1000,
+                    sessions_burst: 1000,
+                    unverified_bytes_per_s: 1 << 30,
+                    unverified_bytes_burst: 1 << 30,
+                },
+                sources_max: 16,
+                unverified_bytes_per_s: 1 << 30,
+                unverified_bytes_burst: 1 << 30,
+            },
+            base,
+        ),
         server_id: None,
         stale_requests: 0,
         late_requests: 0,

@@ -7,12 +7,14 @@
 //! - [`block`], [`netascii`]: block-number arithmetic, line-end conversion.
 //! - [`transfer`], [`sender`], [`receiver`]: the transfer state machines.
 //! - [`server`], [`client`]: one transfer from either end.
-//! - [`sessions`], [`endpoint`]: a shard's table of sessions, and the policy
-//!   that admits, refuses or routes each datagram on the service port.
+//! - [`sessions`], [`endpoint`], [`budget`]: a shard's table of sessions,
+//!   the policy that admits, refuses or routes each datagram on the service
+//!   port, and the rate and byte budgets it keeps per source.
 
 #![forbid(unsafe_code)]
 
 pub mod block;
+pub mod budget;
 pub mod client;
 pub mod endpoint;
 pub mod netascii;

@@ -290,9 +290,14 @@ impl Receiver {
         }
     }
 
-    /// A duplicate of the request that opened this transfer.
+    /// A duplicate of the request that opened this transfer: the first
+    /// reply again while the peer has not answered, within the timer's
+    /// resend budget.
     pub fn handle_duplicate_request(&mut self) {
-        if self.outcome.is_none() && !self.verified && self.pending.is_none() {
+        if self.outcome.is_none()
+            && self.pending.is_none()
+            && self.timer.take_repeat_resend(self.verified)
+        {
             self.queue_handshake();
         }
     }

@@ -174,10 +174,14 @@ impl Sender {
     }
 
     /// A duplicate of the request that opened this transfer: answer it with
-    /// the first reply again while the peer has not answered (one reply per
-    /// request, so no amplification), ignore it afterwards.
+    /// the first reply again while the peer has not answered, within the
+    /// same budget as timeout resends (a flood of repeats draws no more);
+    /// ignore it afterwards.
     pub fn handle_duplicate_request(&mut self) {
-        if self.outcome.is_none() && !self.verified && self.pending.is_none() {
+        if self.outcome.is_none()
+            && self.pending.is_none()
+            && self.timer.take_repeat_resend(self.verified)
+        {
             self.queue_resend();
         }
     }

@@ -9,16 +9,24 @@
 //! completed and calls [`Sessions::release`]. Ids carry a generation, so an
 //! id kept across a release never reaches the slot's next occupant.
 //!
+//! The table also knows which live sessions have not heard their peer yet
+//! (*unverified*: maybe a spoofed address). Packets reach a session through
+//! [`Sessions::handle`], which notes the moment its peer first answers; the
+//! admission policy limits unverified sessions per client and, when the
+//! table is full, gives the oldest unverified one's place to a new request.
+//!
 //! Invariants, checked in debug builds after every change: the live count
-//! equals the peer index's size and the sum of the per-client counts; free
-//! plus occupied slots equal the capacity.
+//! equals the peer index's size and the sum of the per-client counts; the
+//! unverified counts match the entries; free plus occupied slots equal the
+//! capacity.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::server::ServerSession;
+use super::server::{Event, ServerSession};
 use super::transfer::Outcome;
+use super::wire::Packet;
 
 /// A slot index and the generation of its occupant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,6 +59,8 @@ pub struct Entry<T> {
     pub io: T,
     pub started: Instant,
     stage: Stage,
+    /// The table has counted this session's peer as having answered.
+    verified: bool,
 }
 
 impl<T> Entry<T> {
@@ -64,6 +74,11 @@ impl<T> Entry<T> {
 
     pub fn is_live(&self) -> bool {
         self.stage == Stage::Live
+    }
+
+    /// The peer has answered (its address is not spoofed).
+    pub fn is_verified(&self) -> bool {
+        self.verified
     }
 }
 
@@ -88,6 +103,13 @@ pub struct Sessions<T> {
     by_peer: HashMap<SocketAddr, u32>,
     per_client: HashMap<IpAddr, u32>,
     live: usize,
+    /// Live sessions whose peer has not answered, in all and per client.
+    unverified: usize,
+    unverified_per_client: HashMap<IpAddr, u32>,
+    /// Sessions in the order they were inserted, to find the oldest
+    /// unverified one; entries that were verified or retired since are
+    /// skipped (and dropped) lazily.
+    unverified_order: VecDeque<SessionId>,
 }
 
 impl<T> Sessions<T> {
@@ -104,6 +126,54 @@ impl<T> Sessions<T> {
             by_peer: HashMap::with_capacity(capacity),
             per_client: HashMap::with_capacity(capacity),
             live: 0,
+            unverified: 0,
+            unverified_per_client: HashMap::with_capacity(capacity),
+            unverified_order: VecDeque::with_capacity(capacity),
+        }
+    }
+
+    /// Live sessions whose peer has not answered yet.
+    pub fn unverified(&self) -> usize {
+        self.unverified
+    }
+
+    /// Live unverified sessions from this client address.
+    pub fn unverified_from_client(&self, ip: IpAddr) -> u32 {
+        self.unverified_per_client.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// The live unverified session inserted longest ago.
+    pub fn oldest_unverified(&mut self) -> Option<SessionId> {
+        while let Some(&id) = self.unverified_order.front() {
+            if self.get(id).is_some_and(|e| e.is_live() && !e.verified) {
+                return Some(id);
+            }
+            self.unverified_order.pop_front();
+        }
+        None
+    }
+
+    /// Hands a packet from the peer to session `id` (see
+    /// [`ServerSession::handle`]), noting when its peer first answers.
+    pub fn handle(&mut self, id: SessionId, packet: &Packet<'_>, now: Instant) -> Option<Event> {
+        let entry = self.get_mut(id)?;
+        let event = entry.session.handle(packet, now);
+        if !entry.verified && entry.is_live() && entry.session.is_verified() {
+            entry.verified = true;
+            let ip = entry.peer.ip();
+            self.forget_unverified(ip);
+            self.check();
+        }
+        Some(event)
+    }
+
+    fn forget_unverified(&mut self, ip: IpAddr) {
+        self.unverified -= 1;
+        if let Some(n) = self.unverified_per_client.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.unverified_per_client.remove(&ip);
+            }
         }
     }
 
@@ -198,6 +268,7 @@ impl<T> Sessions<T> {
             io,
             started: now,
             stage: Stage::Live,
+            verified: false,
         });
         let id = SessionId {
             index,
@@ -206,6 +277,19 @@ impl<T> Sessions<T> {
         self.by_peer.insert(peer, index);
         *self.per_client.entry(peer.ip()).or_insert(0) += 1;
         self.live += 1;
+        self.unverified += 1;
+        *self.unverified_per_client.entry(peer.ip()).or_insert(0) += 1;
+        if self.unverified_order.len() >= 2 * self.slots.len() {
+            // Mostly stale ids (verified or gone): keep the ones that count.
+            let slots = &self.slots;
+            self.unverified_order.retain(|id| {
+                slots.get(id.index as usize).is_some_and(|s| {
+                    s.generation == id.generation
+                        && s.entry.as_ref().is_some_and(|e| e.is_live() && !e.verified)
+                })
+            });
+        }
+        self.unverified_order.push_back(id);
         self.check();
         Ok(id)
     }
@@ -221,6 +305,9 @@ impl<T> Sessions<T> {
         }
         entry.stage = Stage::Retired(outcome);
         let peer = entry.peer;
+        if !entry.verified {
+            self.forget_unverified(peer.ip());
+        }
         if self.by_peer.get(&peer) == Some(&id.index) {
             self.by_peer.remove(&peer);
         }
@@ -264,8 +351,21 @@ impl<T> Sessions<T> {
             .iter()
             .filter(|s| s.entry.as_ref().is_some_and(|e| e.is_live()))
             .count();
+        let unverified = self
+            .slots
+            .iter()
+            .filter(|s| s.entry.as_ref().is_some_and(|e| e.is_live() && !e.verified))
+            .count();
         assert_eq!(occupied + self.free.len(), self.slots.len());
         assert_eq!(live, self.live);
+        assert_eq!(unverified, self.unverified);
+        assert_eq!(
+            self.unverified as u64,
+            self.unverified_per_client
+                .values()
+                .map(|&n| u64::from(n))
+                .sum::<u64>()
+        );
     }
 
     #[cfg(not(debug_assertions))]

@@ -48,6 +48,9 @@ pub enum Outcome {
     /// A different request from the peer's address and port took its place
     /// (the client restarted, or moved on).
     Replaced,
+    /// The peer never answered, and its place in a full table was given to
+    /// a new request.
+    Evicted,
 }
 
 impl Outcome {
@@ -67,6 +70,9 @@ impl std::fmt::Display for Outcome {
             Outcome::Aborted(code) => write!(f, "aborted with ERROR {}", *code as u16),
             Outcome::Unreachable => f.write_str("failed: peer's port closed"),
             Outcome::Replaced => f.write_str("replaced by a new request"),
+            Outcome::Evicted => {
+                f.write_str("failed: peer never answered (place given to a new request)")
+            }
         }
     }
 }
@@ -87,13 +93,19 @@ pub struct TimerConfig {
     /// without sending: a real peer whose answers were lost still gets
     /// through, and a spoofed address still draws nothing more.
     pub unverified_quiet_waits: u32,
+    /// The first timeout while the peer has not answered, doubling each
+    /// time: the server's own, whatever `timeout` the request asked for, so
+    /// a spoofed request cannot hold a session for 4 × 255 s.
+    pub unverified_retransmit_ms: u64,
 }
 
 /// Backoff stops doubling here (but never below the base timeout).
 pub const RETRANSMIT_CEILING_MS: u64 = 32_000;
 
 impl TimerConfig {
-    /// Applies a negotiated RFC 2349 `timeout`: that many seconds, no backoff.
+    /// Applies a negotiated RFC 2349 `timeout`: that many seconds, no
+    /// backoff, once the peer has answered (until then the server's own
+    /// timeout rules: see `unverified_retransmit_ms`).
     pub fn with_peer_timeout(self, timeout_s: Option<u8>) -> TimerConfig {
         match timeout_s {
             Some(s) => TimerConfig {
@@ -131,10 +143,10 @@ pub enum TimerVerdict {
 
 impl RetransmitTimer {
     pub fn new(config: TimerConfig) -> Self {
-        debug_assert!(config.retransmit_ms > 0);
+        debug_assert!(config.retransmit_ms > 0 && config.unverified_retransmit_ms > 0);
         RetransmitTimer {
             config,
-            rto_ms: config.retransmit_ms,
+            rto_ms: config.unverified_retransmit_ms,
             retries: 0,
             unverified_resends: 0,
             quiet_waits: 0,
@@ -182,7 +194,7 @@ impl RetransmitTimer {
                     return TimerVerdict::GiveUpUnverified;
                 }
                 self.quiet_waits += 1;
-                self.back_off_and_arm(now);
+                self.back_off_and_arm(now, true);
                 return TimerVerdict::HoldQuiet;
             }
             self.unverified_resends += 1;
@@ -192,13 +204,35 @@ impl RetransmitTimer {
             self.deadline = None;
             return TimerVerdict::GiveUp;
         }
-        self.back_off_and_arm(now);
+        self.back_off_and_arm(now, !peer_verified);
         TimerVerdict::Resend
     }
 
-    fn back_off_and_arm(&mut self, now: Instant) {
-        if self.config.backoff {
-            let ceiling = RETRANSMIT_CEILING_MS.max(self.config.retransmit_ms);
+    /// A repeat of the request while the peer has not answered: may the
+    /// first reply go out again? Draws on the same budget as the timer's
+    /// resends, so a peer that never answers gets at most one first reply
+    /// plus `unverified_resends_max` more, however often its request comes.
+    pub fn take_repeat_resend(&mut self, peer_verified: bool) -> bool {
+        if peer_verified {
+            return false;
+        }
+        match self.config.unverified_resends_max {
+            None => true,
+            Some(max) if self.unverified_resends < max => {
+                self.unverified_resends += 1;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    fn back_off_and_arm(&mut self, now: Instant, unverified: bool) {
+        // Before the peer answers the server's own timeout doubles; after,
+        // the configured policy (a peer's `timeout` option: fixed).
+        if unverified || self.config.backoff {
+            let ceiling = RETRANSMIT_CEILING_MS
+                .max(self.config.retransmit_ms)
+                .max(self.config.unverified_retransmit_ms);
             self.rto_ms = self.rto_ms.saturating_mul(2).min(ceiling);
         }
         self.arm(now);
@@ -213,6 +247,7 @@ pub(crate) const TEST_TIMER: TimerConfig = TimerConfig {
     backoff: true,
     unverified_resends_max: Some(1),
     unverified_quiet_waits: 2,
+    unverified_retransmit_ms: 1000,
 };
 
 #[cfg(test)]
@@ -261,13 +296,63 @@ mod tests {
     }
 
     #[test]
-    fn peer_timeout_is_fixed() {
+    fn peer_timeout_is_fixed_once_the_peer_answered() {
         let cfg = CFG.with_peer_timeout(Some(3));
         let t0 = Instant::now();
         let mut t = RetransmitTimer::new(cfg);
-        t.arm(t0);
+        t.progress(t0);
         let d1 = t.deadline().unwrap();
+        assert_eq!(d1 - t0, Duration::from_secs(3));
         t.on_timeout(d1, true);
         assert_eq!(t.deadline().unwrap() - d1, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn an_unverified_hold_is_the_servers_whatever_timeout_was_asked() {
+        // `timeout 255` used to hold a spoofed request's session for
+        // 1 + 2 silent waits at 255 s each (17 minutes).
+        let cfg = CFG.with_peer_timeout(Some(255));
+        let t0 = Instant::now();
+        let mut t = RetransmitTimer::new(cfg);
+        t.arm(t0);
+        let mut verdicts = Vec::new();
+        while let Some(d) = t.deadline() {
+            verdicts.push(t.on_timeout(d, false));
+            assert!(verdicts.len() < 10);
+        }
+        assert_eq!(
+            verdicts,
+            [
+                TimerVerdict::Resend,
+                TimerVerdict::HoldQuiet,
+                TimerVerdict::HoldQuiet,
+                TimerVerdict::GiveUpUnverified
+            ]
+        );
+        // 1 + 2 + 4 + 8 s, the same as without the option.
+        let mut t = RetransmitTimer::new(cfg);
+        t.arm(t0);
+        let mut at = t0;
+        while let Some(d) = t.deadline() {
+            at = d;
+            t.on_timeout(d, false);
+        }
+        assert_eq!(at - t0, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn repeats_of_the_request_share_the_resend_budget() {
+        let t0 = Instant::now();
+        let mut t = RetransmitTimer::new(CFG);
+        t.arm(t0);
+        assert!(t.take_repeat_resend(false), "the one resend");
+        assert!(!t.take_repeat_resend(false), "and no more");
+        assert!(!t.take_repeat_resend(true), "never once verified");
+        let d = t.deadline().unwrap();
+        assert_eq!(
+            t.on_timeout(d, false),
+            TimerVerdict::HoldQuiet,
+            "spent by the repeat"
+        );
     }
 }

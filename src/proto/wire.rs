@@ -20,6 +20,9 @@ pub const HEADER_BYTES: usize = 4;
 pub const BLKSIZE_MAX: u16 = 65464;
 pub const BLKSIZE_MIN: u16 = 8;
 pub const BLKSIZE_DEFAULT: u16 = 512;
+/// What an OACK, ACK or ERROR of ours is counted as, before it is encoded
+/// (most are far shorter; an OACK of every option is about 80 bytes).
+pub const CONTROL_ESTIMATE_BYTES: u64 = 128;
 /// Longest DATA datagram we ever build or accept.
 pub const DATAGRAM_BYTES_MAX: usize = HEADER_BYTES + BLKSIZE_MAX as usize;
 const _: () = assert!(

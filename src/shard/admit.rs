@@ -12,6 +12,7 @@ use crate::proto::endpoint::{Decision, Ignored};
 use crate::proto::netascii;
 use crate::proto::refusal::{Cause, Refusal};
 use crate::proto::server::ServerSession;
+use crate::proto::transfer::Outcome;
 use crate::proto::wire::{self, Mode, Request, RequestKind};
 use crate::sys::net;
 use crate::uring::{self, Buffer, Group, Owner, Payload};
@@ -64,7 +65,7 @@ impl Shard {
             c.bytes_received.add(raw.len() as u64);
             let decision = self
                 .endpoint
-                .decide(&self.sessions, peer, &raw, truncated, now);
+                .decide(&mut self.sessions, peer, &raw, truncated, now);
             self.carry_out(service, peer, local, decision, &raw, now);
         }
         self.scratch.request = raw;
@@ -93,6 +94,7 @@ impl Shard {
         match decision {
             Decision::Ignore(Ignored::StaleRepeat) => c.requests_stale.inc(),
             Decision::Ignore(Ignored::Draining) => c.requests_ignored.inc(),
+            Decision::Ignore(Ignored::RateLimited) => c.requests_rate_limited.inc(),
             Decision::Ignore(_) => c.requests_malformed.inc(),
             Decision::Refuse(r) => {
                 match r.cause {
@@ -110,18 +112,23 @@ impl Shard {
                 }
                 self.pump(id);
             }
-            Decision::Replace { old, request } => {
-                let outcome = self
-                    .sessions
-                    .get(old)
-                    .map(|e| e.session.outcome_if_replaced());
-                if let Some(outcome) = outcome {
+            Decision::Accept {
+                request,
+                replace,
+                evict,
+            } => {
+                if let Some(old) = replace
+                    && let Some(outcome) = self
+                        .sessions
+                        .get(old)
+                        .map(|e| e.session.outcome_if_replaced())
+                {
                     self.retire(old, outcome);
                 }
+                if let Some(victim) = evict {
+                    self.retire(victim, Outcome::Evicted);
+                }
                 self.open_session(service, peer, local, &request, raw, now);
-            }
-            Decision::Accept(request) => {
-                self.open_session(service, peer, local, &request, raw, now)
             }
         }
     }

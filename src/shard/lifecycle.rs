@@ -63,6 +63,7 @@ impl Shard {
             Outcome::Unreachable => c.failed_unreachable.inc(),
             Outcome::Aborted(_) => c.failed_aborted.inc(),
             Outcome::Replaced => c.transfers_replaced.inc(),
+            Outcome::Evicted => c.failed_evicted.inc(),
         }
         if let Some(sender) = entry.session.sender() {
             c.blocks_resent.add(sender.counters().blocks_resent);

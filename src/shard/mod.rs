@@ -57,15 +57,16 @@ pub struct ShardSetup {
     pub counters: Arc<ShardCounters>,
     pub control: Arc<Control>,
     pub server: ServerConfig,
-    pub sessions_max: usize,
-    pub sessions_per_client_max: u32,
+    /// The admission policy, its limits and budgets (`sessions_max` sizes
+    /// the shard's tables).
+    pub endpoint: EndpointConfig,
     pub allow_create: bool,
     pub netascii_bytes_max: u64,
     pub grace_ms: u64,
     pub verbose: u8,
     pub ring_sizes: RingSizes,
-    /// Written once per shard by `main` at shutdown (semaphore mode); each
-    /// shard keeps one read armed on its own copy.
+    /// This shard's own eventfd: `main` writes it after changing the
+    /// control state; the shard keeps one read armed on it.
     pub wake: EventFd,
     /// Faults to inject (tests only; `Faults::default()` injects none).
     #[doc(hidden)]
@@ -230,7 +231,7 @@ fn new_ring_retrying(sizes: RingSizes, owners: u32) -> Result<Uring, StartError>
 impl Shard {
     /// Builds the ring and installs the sockets, on the calling (shard) thread.
     pub fn new(setup: ShardSetup) -> Result<Shard, StartError> {
-        let capacity = capacity_for(setup.sessions_max.max(1));
+        let capacity = capacity_for(setup.endpoint.sessions_max.max(1));
         let owners = Owners {
             sessions: capacity as u32,
             services: setup.service_sockets.len() as u32,
@@ -245,11 +246,7 @@ impl Shard {
         }
         let wake: OwnedFd = setup.wake.into();
         io.install(owners.wake(), wake).map_err(StartError::Files)?;
-        let endpoint = Endpoint::new(EndpointConfig {
-            sessions_max: setup.sessions_max.max(1),
-            sessions_per_client_max: setup.sessions_per_client_max,
-            restart_after_silence_ms: setup.server.timer.retransmit_ms,
-        });
+        let endpoint = Endpoint::new(setup.endpoint, Instant::now());
         Ok(Shard {
             io,
             sessions: Sessions::new(capacity),

@@ -60,7 +60,14 @@ impl Shard {
                 After::Nothing
             } else if let Ok(packet) = packet {
                 let before = duplicates(&entry.session);
-                let event = entry.session.handle(&packet, now);
+                // Through the table, which notes when the peer first answers.
+                let event = self
+                    .sessions
+                    .handle(id, &packet, now)
+                    .unwrap_or(Event::Nothing);
+                let Some(entry) = self.sessions.get_mut(id) else {
+                    return;
+                };
                 c.duplicates_ignored
                     .add(duplicates(&entry.session).saturating_sub(before));
                 match (event, packet) {
@@ -248,13 +255,32 @@ impl Shard {
     /// Queues one transmit; `Err` is the part that found no send slot.
     fn transmit(&mut self, id: SessionId, transmit: Transmit) -> Result<(), Transmit> {
         let Shard {
-            sessions, io, ctx, ..
+            sessions,
+            io,
+            ctx,
+            endpoint,
+            ..
         } = self;
         let Some(entry) = sessions.get(id) else {
             return Ok(());
         };
         let owner = Owner::new(id.index());
         let peer = entry.peer;
+        if !entry.is_verified() {
+            // A peer that has not answered may be a spoofed address: what it
+            // is sent comes out of the unproven-bytes budgets. Withheld, the
+            // transmit is as if lost (the session's timer goes on).
+            let bytes = match transmit {
+                Transmit::Data { count, .. } => {
+                    u64::from(count) * (u64::from(entry.session.negotiated().blksize) + 4)
+                }
+                _ => wire::CONTROL_ESTIMATE_BYTES,
+            };
+            if !endpoint.spend_unverified(peer.ip(), bytes, Instant::now()) {
+                ctx.counters.unverified_sends_withheld.inc();
+                return Ok(());
+            }
+        }
         match transmit {
             Transmit::Data { first, count } => {
                 let blksize = entry.session.negotiated().blksize;

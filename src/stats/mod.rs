@@ -52,6 +52,9 @@ counters! {
     requests_stale,
     /// Requests ignored because the server was shutting down.
     requests_ignored,
+    /// Requests ignored because their source opened sessions faster than
+    /// --client-rate allows.
+    requests_rate_limited,
     sessions_accepted,
     /// Refused for a file, path or option reason (ERROR 1, 2, 3, 8).
     sessions_refused,
@@ -71,6 +74,11 @@ counters! {
     failed_aborted,
     /// Ended because a new request from the peer's port took their place.
     transfers_replaced,
+    /// Never answered, and their place in a full table went to a new request.
+    failed_evicted,
+    /// First replies (and resends) to peers that had not answered, not sent
+    /// because the unproven-bytes budget (per source or in all) was spent.
+    unverified_sends_withheld,
     packets_received,
     packets_sent,
     bytes_received,
