@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::cache::{Overwrite, UploadPolicy};
 use crate::proto::budget::SourceLimits;
 use crate::proto::endpoint::EndpointConfig;
 use crate::proto::options::{NegotiationLimits, WINDOWSIZE_MAX};
@@ -50,10 +51,21 @@ pub struct Args {
     #[arg(long)]
     pub takeover: bool,
 
-    /// Allow WRQ uploads (create or replace files). Without it every WRQ
-    /// gets ERROR 2.
+    /// Allow WRQ uploads to create new files; an existing file is replaced
+    /// only if it is world-writable (tftpd-hpa's rule). Without it every
+    /// WRQ gets ERROR 2.
     #[arg(long)]
     pub create: bool,
+
+    /// Let uploads replace any existing regular file, which keeps its mode
+    /// (and owner, when running as root). Implies --create.
+    #[arg(long)]
+    pub overwrite: bool,
+
+    /// Accept uploads only under this directory of the root (e.g.
+    /// `incoming`); other WRQs get ERROR 2.
+    #[arg(long, value_name = "DIR")]
+    pub upload_dir: Option<PathBuf>,
 
     /// Largest blksize granted (RFC 2348); keep it under the path MTU minus
     /// 32 (IPv4) / 52 (IPv6) for ROMs that cannot reassemble fragments.
@@ -181,6 +193,38 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 impl Args {
+    /// What uploads may do, or `None` when they are off; `Err` is the one
+    /// line to print for an --upload-dir that cannot be a directory name.
+    pub fn upload_policy(&self) -> Result<Option<UploadPolicy>, String> {
+        if !self.create && !self.overwrite {
+            return Ok(None);
+        }
+        let dir = match &self.upload_dir {
+            None => None,
+            Some(path) => {
+                use std::os::unix::ffi::OsStrExt;
+                let mut rel = Vec::new();
+                crate::cache::resolve::relative_name(path.as_os_str().as_bytes(), &mut rel)
+                    .map_err(|_| {
+                        format!(
+                            "--upload-dir {}: not a directory under the root",
+                            path.display()
+                        )
+                    })?;
+                Some(rel)
+            }
+        };
+        Ok(Some(UploadPolicy {
+            overwrite: if self.overwrite {
+                Overwrite::Any
+            } else {
+                Overwrite::WorldWritable
+            },
+            dir,
+            max_bytes: self.max_upload_bytes,
+        }))
+    }
+
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         if self.listen.is_empty() {
             vec![

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use uftpd::cache::{FileCache, Root};
+use uftpd::cache::{FileCache, Root, UploadLocks};
 use uftpd::config::{Args, sizes};
 use uftpd::shard::{self, Control, Shard, ShardSetup};
 use uftpd::stats::{ShardCounters, Snapshot};
@@ -84,6 +84,8 @@ fn run(args: Args) -> Result<(), String> {
         );
     }
     let cache = Arc::new(FileCache::new(sizes::CACHE_ENTRIES_MAX));
+    let upload = args.upload_policy()?;
+    let upload_locks = Arc::new(UploadLocks::default());
     let root = Arc::new(root);
     let control = Arc::new(Control::default());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
@@ -117,7 +119,8 @@ fn run(args: Args) -> Result<(), String> {
             control: Arc::clone(&control),
             server: args.server_config(),
             endpoint: args.endpoint_config(shards, plan.sessions_per_shard),
-            allow_create: args.create,
+            upload: upload.clone(),
+            upload_locks: Arc::clone(&upload_locks),
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,
             verbose: args.verbose,

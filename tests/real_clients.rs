@@ -428,11 +428,11 @@ fn wrq_without_create_raw_gets_error_2() {
 }
 
 #[test]
-fn wrq_with_create_overwrites_existing_file_and_truncates() {
+fn wrq_with_overwrite_replaces_existing_file_and_truncates() {
     if !client_available(Client::TftpHpa) {
         return;
     }
-    let s = setup(&["--create"]);
+    let s = setup(&["--overwrite"]);
     write_random_file(&s.root.join("target.bin"), 13, 100_000);
     let src = s.local.join("src.bin");
     let want = write_random_file(&src, 14, 3_333);
@@ -550,7 +550,7 @@ fn wrq_aborted_overwrite_keeps_old_content() {
     if skip_on_stand_in("tftpd-hpa truncates the target before the upload completes") {
         return;
     }
-    let s = setup(&["--create", "--retransmit-ms", "300", "--retries", "2"]);
+    let s = setup(&["--overwrite", "--retransmit-ms", "300", "--retries", "2"]);
     let old = write_random_file(&s.root.join("keep.bin"), 15, 20_000);
     let (sock, tid) = raw_partial_upload(s.server.addr(), b"keep.bin", 3);
     sock.send_to(&error(0, "client gave up"), tid).unwrap();

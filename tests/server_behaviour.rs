@@ -191,7 +191,7 @@ fn an_interrupted_upload_leaves_no_file_and_keeps_the_old_one() {
     std::fs::write(dir.join("keep.bin"), b"old contents").unwrap();
     let server = Server::start(
         dir.path(),
-        &["--create", "--retransmit-ms", "100", "--retries", "1"],
+        &["--overwrite", "--retransmit-ms", "100", "--retries", "1"],
     );
     for name in ["new.bin", "keep.bin"] {
         let sock = client_socket(server.addr());
@@ -543,7 +543,7 @@ fn a_full_disk_gets_error_3_and_leaves_nothing() {
     }
     let _disk = SmallDisk(mount_point.clone());
     std::fs::write(mount_point.join("keep.bin"), b"old").unwrap();
-    let server = Server::start(&mount_point, &["--create"]);
+    let server = Server::start(&mount_point, &["--overwrite"]);
     let refused = upload_until_error(&server, "keep.bin", &[], 400);
     let (code, msg) = refused.expect("a 200 KiB upload to a 64 KiB disk must fail");
     assert_eq!(code, 3, "{msg}");
@@ -744,5 +744,149 @@ fn special_files_are_refused_at_once_and_the_shard_keeps_serving() {
     assert!(
         matches!(&reply, Some((Packet::Error { code: 2, msg }, _)) if msg == "File name too long"),
         "{reply:?}"
+    );
+}
+
+/// Uploads `payload` as `name` (lock-step, 512-byte blocks); the first
+/// ERROR the server sent, or None once the final ACK came.
+fn upload(server: &Server, name: &str, payload: &[u8]) -> Option<(u16, String)> {
+    let sock = client_socket(server.addr());
+    sock.send_to(&wrq(name.as_bytes(), "octet", &[]), server.addr())
+        .unwrap();
+    let (p, tid, _) = recv_packet(&sock, SHORT).expect("a reply to the WRQ");
+    match p {
+        Packet::Error { code, msg } => return Some((code, msg)),
+        Packet::Ack { block: 0 } => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    let blocks: Vec<&[u8]> = payload.chunks(512).collect();
+    let n = blocks.len() as u16 + u16::from(payload.len().is_multiple_of(512));
+    for block in 1..=n {
+        let chunk = blocks.get(usize::from(block) - 1).copied().unwrap_or(&[]);
+        sock.send_to(&data(block, chunk), tid).unwrap();
+        match recv_packet(&sock, Duration::from_secs(3)) {
+            Some((Packet::Ack { block: b }, _, _)) if b == block => {}
+            Some((Packet::Error { code, msg }, _, _)) => return Some((code, msg)),
+            other => panic!("block {block}: unexpected {other:?}"),
+        }
+    }
+    None
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn create_makes_new_files_and_replaces_only_world_writable_ones() {
+    // --create used to let any client replace any file: pxelinux.0, a
+    // kernel, a 0000 file (which then became a readable root:root 0644).
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("create-rules");
+    std::fs::write(dir.join("pxelinux.0"), b"boot loader").unwrap();
+    std::fs::set_permissions(
+        dir.join("pxelinux.0"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::write(dir.join("shared.txt"), b"anyone may write").unwrap();
+    std::fs::set_permissions(
+        dir.join("shared.txt"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let server = Server::start(dir.path(), &["--create"]);
+    assert_eq!(
+        upload(&server, "pxelinux.0", b"EVIL"),
+        Some((6, "File already exists".to_string()))
+    );
+    assert_eq!(
+        std::fs::read(dir.join("pxelinux.0")).unwrap(),
+        b"boot loader"
+    );
+    assert_eq!(upload(&server, "shared.txt", b"replaced"), None);
+    assert_eq!(std::fs::read(dir.join("shared.txt")).unwrap(), b"replaced");
+    assert_eq!(
+        mode_of(&dir.join("shared.txt")),
+        0o666,
+        "a replaced file keeps its mode"
+    );
+    assert_eq!(upload(&server, "new.bin", &[7u8; 1000]), None);
+    assert_eq!(std::fs::read(dir.join("new.bin")).unwrap(), vec![7u8; 1000]);
+}
+
+#[test]
+fn overwrite_replaces_any_file_keeping_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("overwrite");
+    std::fs::write(dir.join("grubx64.efi"), b"old").unwrap();
+    std::fs::set_permissions(
+        dir.join("grubx64.efi"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let server = Server::start(dir.path(), &["--overwrite"]);
+    assert_eq!(upload(&server, "grubx64.efi", &[1u8; 1500]), None);
+    assert_eq!(
+        std::fs::read(dir.join("grubx64.efi")).unwrap(),
+        vec![1u8; 1500]
+    );
+    assert_eq!(mode_of(&dir.join("grubx64.efi")), 0o640);
+}
+
+#[test]
+fn uploads_can_be_confined_to_a_directory() {
+    let dir = TempDir::new("upload-dir");
+    std::fs::create_dir(dir.join("incoming")).unwrap();
+    let server = Server::start(dir.path(), &["--create", "--upload-dir", "incoming"]);
+    assert_eq!(upload(&server, "incoming/log.txt", b"hello"), None);
+    assert_eq!(
+        std::fs::read(dir.join("incoming/log.txt")).unwrap(),
+        b"hello"
+    );
+    let refused = upload(&server, "elsewhere.txt", b"no");
+    assert!(
+        matches!(&refused, Some((2, msg)) if msg.contains("upload directory")),
+        "{refused:?}"
+    );
+    assert!(upload(&server, "incomingx/a", b"no").is_some());
+    assert!(!dir.join("elsewhere.txt").exists());
+}
+
+#[test]
+fn two_uploads_of_one_name_at_once_one_wins_whole() {
+    let dir = TempDir::new("two-uploads");
+    let server = Server::start(dir.path(), &["--create"]);
+    // The first upload is under way (block 1 ACKed)...
+    let first = client_socket(server.addr());
+    first
+        .send_to(&wrq(b"same.bin", "octet", &[]), server.addr())
+        .unwrap();
+    let (_, tid, _) = recv_packet(&first, SHORT).expect("ACK 0");
+    first.send_to(&data(1, &[b'A'; 512]), tid).unwrap();
+    assert!(matches!(
+        recv_packet(&first, SHORT),
+        Some((Packet::Ack { block: 1 }, _, _))
+    ));
+    // ...when a second one of the same name starts: refused at once.
+    let second = upload(&server, "same.bin", &[b'B'; 700]);
+    assert!(
+        matches!(&second, Some((0, msg)) if msg.contains("being written")),
+        "{second:?}"
+    );
+    first.send_to(&data(2, b"end"), tid).unwrap();
+    assert!(matches!(
+        recv_packet(&first, SHORT),
+        Some((Packet::Ack { block: 2 }, _, _))
+    ));
+    let mut want = vec![b'A'; 512];
+    want.extend_from_slice(b"end");
+    assert_eq!(std::fs::read(dir.join("same.bin")).unwrap(), want);
+    // Once it is done the name is free again (it exists now: only a
+    // world-writable one could be replaced under --create).
+    assert_eq!(
+        upload(&server, "same.bin", b"x"),
+        Some((6, "File already exists".into()))
     );
 }

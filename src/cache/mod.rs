@@ -7,4 +7,4 @@ pub mod upload;
 
 pub use filemap::{FileCache, Source};
 pub use resolve::{PathRefusal, Root};
-pub use upload::{Upload, UploadError};
+pub use upload::{Overwrite, Upload, UploadError, UploadLocks, UploadPolicy};

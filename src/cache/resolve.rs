@@ -26,6 +26,14 @@ pub enum PathRefusal {
     /// The process is out of file descriptors (EMFILE/ENFILE): not the
     /// client's fault, and worth retrying.
     NoDescriptors,
+    /// An upload may not replace this existing file.
+    Exists,
+    /// An upload outside the directory uploads are confined to.
+    OutsideUploadDir,
+    /// Another upload of the same name is under way.
+    BeingWritten,
+    /// Something the server shares is unavailable (a poisoned lock).
+    Busy,
 }
 
 /// Cleans a request's name into a path relative to the root: `/x` and `x`

@@ -62,6 +62,18 @@ impl Refusal {
         "File name too long",
         Cause::Access,
     );
+    pub const EXISTS: Refusal =
+        Refusal::new(ErrorCode::FileExists, "File already exists", Cause::Access);
+    pub const OUTSIDE_UPLOAD_DIR: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Uploads are accepted only in the upload directory",
+        Cause::Access,
+    );
+    pub const BEING_WRITTEN: Refusal = Refusal::new(
+        ErrorCode::NotDefined,
+        "File is being written by another transfer",
+        Cause::Busy,
+    );
     pub const UPLOADS_DISABLED: Refusal = Refusal::new(
         ErrorCode::AccessViolation,
         "Uploads are disabled",

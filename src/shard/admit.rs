@@ -28,7 +28,10 @@ pub(super) fn path_refusal(r: PathRefusal) -> Refusal {
         PathRefusal::IsDirectory => Refusal::IS_DIRECTORY,
         PathRefusal::NotRegular => Refusal::NOT_REGULAR,
         PathRefusal::NameTooLong => Refusal::NAME_TOO_LONG,
-        PathRefusal::NoDescriptors => Refusal::BUSY,
+        PathRefusal::NoDescriptors | PathRefusal::Busy => Refusal::BUSY,
+        PathRefusal::Exists => Refusal::EXISTS,
+        PathRefusal::OutsideUploadDir => Refusal::OUTSIDE_UPLOAD_DIR,
+        PathRefusal::BeingWritten => Refusal::BEING_WRITTEN,
     }
 }
 
@@ -296,15 +299,16 @@ impl Shard {
         request: &Request<'_>,
         now: Instant,
     ) -> Result<(ServerSession, Store, Option<Arc<dyn Payload>>), Refusal> {
-        if !self.ctx.allow_create {
+        let Some(policy) = &self.ctx.upload else {
             return Err(Refusal::UPLOADS_DISABLED);
-        }
+        };
         // Negotiate first: a tsize over the limit is refused before any file exists.
         let session = ServerSession::write(request, &self.ctx.server, now)?;
         let upload = Upload::begin(
             &self.ctx.root,
             request.filename,
-            self.ctx.server.negotiation.upload_bytes_max,
+            policy,
+            &self.ctx.upload_locks,
         )
         .map_err(|e| match e {
             UploadError::Io(_) => Refusal::CANNOT_CREATE,

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cache::{FileCache, Root};
+use crate::cache::{FileCache, Root, UploadLocks, UploadPolicy};
 use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::server::ServerConfig;
 use crate::proto::sessions::Sessions;
@@ -60,7 +60,10 @@ pub struct ShardSetup {
     /// The admission policy, its limits and budgets (`sessions_max` sizes
     /// the shard's tables).
     pub endpoint: EndpointConfig,
-    pub allow_create: bool,
+    /// What uploads may do; `None`: every WRQ is refused.
+    pub upload: Option<UploadPolicy>,
+    /// Names being uploaded, shared by all shards.
+    pub upload_locks: Arc<UploadLocks>,
     pub netascii_bytes_max: u64,
     pub grace_ms: u64,
     pub verbose: u8,
@@ -180,7 +183,8 @@ struct Context {
     counters: Arc<ShardCounters>,
     control: Arc<Control>,
     server: ServerConfig,
-    allow_create: bool,
+    upload: Option<UploadPolicy>,
+    upload_locks: Arc<UploadLocks>,
     netascii_bytes_max: u64,
     grace_ms: u64,
     verbose: u8,
@@ -259,7 +263,8 @@ impl Shard {
                 counters: setup.counters,
                 control: setup.control,
                 server: setup.server,
-                allow_create: setup.allow_create,
+                upload: setup.upload,
+                upload_locks: setup.upload_locks,
                 netascii_bytes_max: setup.netascii_bytes_max,
                 grace_ms: setup.grace_ms,
                 verbose: setup.verbose,

@@ -55,6 +55,70 @@ pub fn reopen(fd: &impl AsRawFd, flags: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// What `fstat` says of a file that matters here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    /// Type and permission bits (`st_mode`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `fstat` of an open descriptor (works on `O_PATH`).
+pub fn stat(fd: &impl AsRawFd) -> io::Result<Stat> {
+    // SAFETY: all-zero is a valid `stat`, which fstat fills in.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a stat buffer of the right size.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Stat {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        mode: st.st_mode,
+        uid: st.st_uid,
+        gid: st.st_gid,
+    })
+}
+
+/// `fchmod`: sets the permission bits of an open file.
+pub fn set_mode(fd: &impl AsRawFd, mode: u32) -> io::Result<()> {
+    // SAFETY: a valid descriptor; the kernel only reads the mode.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o7777) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fchown`: sets the owner and group of an open file (root only, in effect).
+pub fn set_owner(fd: &impl AsRawFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: a valid descriptor and plain ids.
+    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `renameat2(dir, from, dir, to, RENAME_NOREPLACE)`: fails with EEXIST
+/// rather than replace `to`.
+pub fn rename_noreplace_in(dir: RawFd, from: &CStr, to: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings and descriptor; the kernel only reads them.
+    let rc =
+        unsafe { libc::renameat2(dir, from.as_ptr(), dir, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The effective user is root (it may give a file to another owner).
+pub fn is_root() -> bool {
+    // SAFETY: a plain getter.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// The file type bits (`S_IFMT`) of an open descriptor (works on `O_PATH`).
 pub fn file_type(fd: &impl AsRawFd) -> io::Result<u32> {
     // SAFETY: all-zero is a valid `stat`, which fstat fills in.
