@@ -136,6 +136,12 @@ pub struct Args {
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     pub max_netascii_bytes: u64,
 
+    /// Memory all netascii conversions held at once may use (each file
+    /// version is converted once and shared); over it, a netascii request
+    /// gets "Server busy". Bytes, or with a unit.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    pub max_netascii_total_bytes: u64,
+
     /// How long a finished upload keeps re-ACKing a repeated last block, in
     /// milliseconds (longer than clients' retransmit timeouts).
     #[arg(long, default_value_t = 10_000)]

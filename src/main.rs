@@ -83,7 +83,10 @@ fn run(args: Args) -> Result<(), String> {
             plan.sessions_per_shard
         );
     }
-    let cache = Arc::new(FileCache::new(sizes::CACHE_ENTRIES_MAX));
+    let cache = Arc::new(FileCache::with_netascii_budget(
+        sizes::CACHE_ENTRIES_MAX,
+        args.max_netascii_total_bytes,
+    ));
     let upload = args.upload_policy()?;
     let upload_locks = Arc::new(UploadLocks::default());
     let root = Arc::new(root);

@@ -212,3 +212,60 @@ fn unproven_peers_get_no_more_than_their_byte_budget() {
         "{bytes}: the burst should have gone out"
     );
 }
+
+#[test]
+fn netascii_conversions_are_shared_and_their_memory_is_budgeted() {
+    // Each netascii RRQ used to convert its own copy in memory: 128 of a
+    // 64 MiB file could take 16 GiB. Now one copy per file version, and a
+    // budget for all of them.
+    let dir = TempDir::new("netascii-budget");
+    let text: Vec<u8> = (0..400_000u32)
+        .map(|i| if i % 40 == 39 { b'\n' } else { b'a' })
+        .collect();
+    std::fs::write(dir.join("a.txt"), &text).unwrap();
+    std::fs::write(dir.join("b.txt"), &text).unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--cores", "1", "--max-netascii-total-bytes", "1M"],
+    );
+    let hold = |name: &[u8]| {
+        let s = client_socket(server.addr());
+        s.send_to(&rrq(name, "netascii", &[]), server.addr())
+            .unwrap();
+        let reply = recv_packet(&s, Duration::from_secs(2));
+        (s, reply)
+    };
+    // a.txt's conversion (410,000 bytes) is held by a running transfer...
+    let (a1, first_a) = hold(b"a.txt");
+    assert!(
+        matches!(first_a, Some((Packet::Data { block: 1, .. }, _, _))),
+        "{first_a:?}"
+    );
+    // ...and shared by a second one: the budget is not spent twice.
+    let (a2, second_a) = hold(b"a.txt");
+    assert!(
+        matches!(second_a, Some((Packet::Data { block: 1, .. }, _, _))),
+        "{second_a:?}"
+    );
+    // b.txt could need up to 800,000 more: over the 1 MiB budget.
+    let (_, reply) = hold(b"b.txt");
+    assert!(
+        matches!(&reply, Some((Packet::Error { code: 0, msg }, _, _)) if msg.contains("busy")),
+        "{reply:?}"
+    );
+    // Once a.txt's transfers end, its conversion can go: b.txt fits.
+    for (s, reply) in [(&a1, &first_a), (&a2, &second_a)] {
+        if let Some((_, tid, _)) = reply {
+            s.send_to(&common::error(0, "done"), *tid).unwrap();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, reply) = hold(b"b.txt");
+        if matches!(reply, Some((Packet::Data { block: 1, .. }, _, _))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b.txt never fit: {reply:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::sys::fs::{KernelMap, map_for_kernel};
 use crate::uring::Payload;
@@ -76,29 +76,110 @@ unsafe impl Payload for Source {
     }
 }
 
+/// Why a netascii conversion is not served.
+#[derive(Debug)]
+pub enum NetasciiError {
+    /// The file is larger than a netascii transfer may be.
+    TooLarge,
+    /// The conversions held now use up the budget: try again later.
+    OverBudget,
+    Io(io::Error),
+}
+
 #[derive(Debug)]
 pub struct FileCache {
     entries: RwLock<HashMap<FileKey, Arc<Source>>>,
     entries_max: usize,
+    /// Netascii conversions, one per file version, shared by every session
+    /// sending it; their total size is bounded by `netascii_budget_bytes`.
+    netascii: Mutex<HashMap<FileKey, Arc<Source>>>,
+    netascii_budget_bytes: u64,
+}
+
+fn key_of(file: &File) -> io::Result<FileKey> {
+    let meta = file.metadata()?;
+    Ok(FileKey {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size_bytes: meta.size(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    })
 }
 
 impl FileCache {
     pub fn new(entries_max: usize) -> FileCache {
+        Self::with_netascii_budget(entries_max, 256 << 20)
+    }
+
+    pub fn with_netascii_budget(entries_max: usize, netascii_budget_bytes: u64) -> FileCache {
         FileCache {
             entries: RwLock::new(HashMap::with_capacity(entries_max)),
             entries_max: entries_max.max(1),
+            netascii: Mutex::new(HashMap::new()),
+            netascii_budget_bytes,
         }
+    }
+
+    /// The netascii form (LF → CR LF, CR → CR NUL) of this open file's
+    /// current version, converted once and shared while any session sends
+    /// it. The file is read with `pread` (never through a map) on the
+    /// calling thread: bounded by `max_file_bytes`, and by the budget for
+    /// all conversions held at once (unused ones are dropped to make room).
+    pub fn get_netascii(
+        &self,
+        file: &File,
+        max_file_bytes: u64,
+    ) -> Result<Arc<Source>, NetasciiError> {
+        let key = key_of(file).map_err(NetasciiError::Io)?;
+        if key.size_bytes > max_file_bytes {
+            return Err(NetasciiError::TooLarge);
+        }
+        // At most every byte doubles.
+        let worst = key.size_bytes.saturating_mul(2);
+        {
+            let mut held = self
+                .netascii
+                .lock()
+                .map_err(|_| NetasciiError::OverBudget)?;
+            if let Some(hit) = held.get(&key) {
+                return Ok(Arc::clone(hit));
+            }
+            let in_use =
+                |h: &HashMap<FileKey, Arc<Source>>| h.values().map(|s| s.len()).sum::<u64>();
+            if in_use(&held) + worst > self.netascii_budget_bytes {
+                held.retain(|_, s| Arc::strong_count(s) > 1);
+                if in_use(&held) + worst > self.netascii_budget_bytes {
+                    return Err(NetasciiError::OverBudget);
+                }
+            }
+        }
+        let host = read_bounded(file, max_file_bytes)
+            .map_err(NetasciiError::Io)?
+            .ok_or(NetasciiError::TooLarge)?;
+        let mut converted = Vec::new();
+        crate::proto::netascii::encode(&host, &mut converted);
+        drop(host);
+        let source = Arc::new(Source::Owned(converted));
+        if let Ok(mut held) = self.netascii.lock() {
+            // Older versions of this file are dead once unused.
+            held.retain(|k, v| !(k.dev == key.dev && k.ino == key.ino) || Arc::strong_count(v) > 1);
+            let kept = held.entry(key).or_insert_with(|| Arc::clone(&source));
+            return Ok(Arc::clone(kept));
+        }
+        Ok(source)
+    }
+
+    /// Netascii conversions held now, and their bytes.
+    pub fn netascii_held(&self) -> (usize, u64) {
+        self.netascii
+            .lock()
+            .map(|h| (h.len(), h.values().map(|s| s.len()).sum()))
+            .unwrap_or((0, 0))
     }
 
     /// The map of this open file's current version.
     pub fn get(&self, file: &File) -> io::Result<Arc<Source>> {
-        let meta = file.metadata()?;
-        let key = FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size_bytes: meta.size(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        };
+        let key = key_of(file)?;
         if let Ok(entries) = self.entries.read()
             && let Some(hit) = entries.get(&key)
         {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cache::{PathRefusal, Source, Upload, UploadError, filemap};
+use crate::cache::{NetasciiError, PathRefusal, Upload, UploadError};
 use crate::proto::endpoint::{Decision, Ignored};
 use crate::proto::netascii;
 use crate::proto::refusal::{Cause, Refusal};
@@ -274,14 +274,15 @@ impl Shard {
                 .cache
                 .get(&file)
                 .map_err(|_| Refusal::CANNOT_READ)?,
-            Mode::Netascii => {
-                let host = filemap::read_bounded(&file, self.ctx.netascii_bytes_max)
-                    .map_err(|_| Refusal::CANNOT_READ)?
-                    .ok_or(Refusal::NETASCII_TOO_LARGE)?;
-                let mut converted = Vec::new();
-                netascii::encode(&host, &mut converted);
-                Arc::new(Source::Owned(converted))
-            }
+            Mode::Netascii => self
+                .ctx
+                .cache
+                .get_netascii(&file, self.ctx.netascii_bytes_max)
+                .map_err(|e| match e {
+                    NetasciiError::TooLarge => Refusal::NETASCII_TOO_LARGE,
+                    NetasciiError::OverBudget => Refusal::BUSY,
+                    NetasciiError::Io(_) => Refusal::CANNOT_READ,
+                })?,
         };
         let session = ServerSession::read(
             request,
