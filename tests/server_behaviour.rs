@@ -890,3 +890,28 @@ fn two_uploads_of_one_name_at_once_one_wins_whole() {
         Some((6, "File already exists".into()))
     );
 }
+
+#[test]
+fn a_file_replaced_by_rename_mid_transfer_is_sent_whole_as_it_was() {
+    // The running transfer keeps the map of the version it started with;
+    // a new request gets the new file. (`cp` over a served file rewrites it
+    // in place instead: README says to replace files by rename.)
+    let dir = TempDir::new("renamed");
+    let old = common::write_random_file(&dir.join("f.bin"), 10, 300 * 512 + 7);
+    let server = Server::start(dir.path(), &[]);
+    let sock = client_socket(server.addr());
+    sock.send_to(&rrq(b"f.bin", "octet", &[]), server.addr())
+        .unwrap();
+    let (p, tid, _) = recv_packet(&sock, SHORT).expect("DATA 1");
+    let Packet::Data { block: 1, data } = p else {
+        panic!("{p:?}")
+    };
+    let mut got = data;
+    let new = common::write_random_file(&dir.join("f.bin.new"), 11, 1000);
+    std::fs::rename(dir.join("f.bin.new"), dir.join("f.bin")).unwrap();
+    sock.send_to(&ack(1), tid).unwrap();
+    finish_rrq(&sock, tid, 2, &mut got);
+    common::assert_same_bytes(&got, &old, "the version the transfer started with");
+    let fresh = common::raw_get(server.addr(), b"f.bin", "octet", &[]).unwrap();
+    common::assert_same_bytes(&fresh.data, &new, "a new request gets the new file");
+}
