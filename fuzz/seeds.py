@@ -140,12 +140,13 @@ NEGOTIATE = {
 # ------------------------------------------------------------------ session
 
 STEPS = ["Ack", "AckAhead", "AckBack", "Data", "Error", "Raw", "Fire", "Wait",
-         "DuplicateRequest", "Unreachable", "Commit", "CommitFail", "StoreFail", "Abort"]
+         "DuplicateRequest", "Unreachable", "Commit", "CommitFail", "StoreFail", "Abort",
+         "AckSent", "DataRun"]
 
 
 def step(kind, *args):
     tag = variant(STEPS.index(kind), len(STEPS))
-    if kind in ("Ack", "AckAhead", "AckBack", "Error", "Wait"):
+    if kind in ("Ack", "AckAhead", "AckBack", "Error", "Wait", "DataRun"):
         return tag + u16(args[0])
     if kind == "Data":
         ahead, length = args
@@ -194,7 +195,8 @@ SESSION = {
     "rrq-peer-gone-gives-up": session([step("Fire") for _ in range(10)], timeout=1),
     "rrq-spoofed-repeats": session([step("DuplicateRequest"), step("DuplicateRequest"),
                                     step("Fire"), step("DuplicateRequest"), step("Wait", 3000)]),
-    "rrq-wrap-window-32768": session([step("AckAhead", 32768) for _ in range(4)],
+    "rrq-wrap-window-32768": session([step("Ack", 0)] + [step("AckAhead", 32768)] * 3
+                                     + [step("Ack", 65535), step("AckSent")],
                                      blksize=8, windowsize=32768, windowsize_max=65535,
                                      size=size_blocks(100000, 0)),
     "rrq-error-abort-unreachable": session([step("Ack", 1), step("Abort"), step("Ack", 2),
@@ -212,6 +214,12 @@ SESSION = {
                                 step("Data", 0, FULL)], write=True),
     "wrq-commit-fails-after-peer-error": session(
         [step("Data", 0, short(3)), step("Error", 0), step("CommitFail")], write=True),
+    "rrq-window-acks-complete": session([step("AckSent") for _ in range(30)],
+                                        blksize=1024, windowsize=8, size=size_blocks(100, 7)),
+    "wrq-wrap-70000-blocks": session([step("DataRun", 65535), step("DataRun", 4465),
+                                      step("Data", 0, short(5)), step("Commit"),
+                                      step("Data", -1, short(5))],
+                                     write=True, blksize=8, windowsize=16),
     "raw-packets": session([step("Raw", WIRE["ack-1"]), step("Raw", WIRE["data-1"]),
                             step("Raw", WIRE["error-8-no-nul"]), step("Raw", b"\x00\x04")]),
 }

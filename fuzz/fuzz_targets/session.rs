@@ -4,7 +4,8 @@
 //! target knows) or a WRQ, with options, limits and a timer policy, then
 //! plays a sequence of events against the `ServerSession`, as a shard
 //! would: datagrams from the peer's TID (ACKs, DATA, ERRORs, any bytes,
-//! all through `Packet::parse`), timeouts at increasing virtual times,
+//! all through `Packet::parse`; runs of in-order DATA and ACKs of the last
+//! window for long transfers), timeouts at increasing virtual times,
 //! repeats of the request, ICMP unreachable, and for an upload the commit
 //! completing or failing and a write failing. After the input it lets the
 //! timers run: every session must end.
@@ -106,6 +107,11 @@ enum Step {
     StoreFail,
     /// RRQ: the file changed under the transfer (the shard aborts).
     Abort,
+    /// ACK of the highest block sent (the end of the last window).
+    AckSent,
+    /// WRQ: this many full blocks in order from the next one (long
+    /// uploads, past the block-number wrap at blksize 8).
+    DataRun(u16),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -130,6 +136,9 @@ enum Trigger {
 /// budget the setup can give (retries ≤ 7, unverified resends ≤ 3, quiet
 /// waits ≤ 2, one dally).
 const FIRES_TO_END_MAX: usize = 64;
+
+/// Datagrams one input may deliver (DataRun sends many per step).
+const PACKETS_MAX: u64 = 300_000;
 
 struct Harness {
     session: ServerSession,
@@ -166,6 +175,7 @@ struct Harness {
     /// A DATA datagram of any length: the header is rewritten per packet,
     /// the payload is what the buffer holds (no per-packet fill).
     data_buf: Vec<u8>,
+    packets: u64,
 }
 
 impl Harness {
@@ -384,6 +394,7 @@ impl Harness {
     }
 
     fn deliver(&mut self, bytes: &[u8]) {
+        self.packets += 1;
         // A shard drops what does not parse ("its retransmit will do").
         let Ok(packet) = Packet::parse(bytes) else {
             return;
@@ -492,10 +503,19 @@ impl Harness {
                     Len::Short(n) => usize::from(*n) % blk,
                     Len::Over(n) => blk + 1 + usize::from(*n % 16),
                 };
-                let mut dgram = std::mem::take(&mut self.data_buf);
-                wire::encode_data_header(&mut dgram, block::wire(index)).unwrap();
-                self.deliver(&dgram[..wire::HEADER_BYTES + len]);
-                self.data_buf = dgram;
+                self.data(index, len);
+            }
+            Step::AckSent => self.ack(block::wire(self.sent_max)),
+            Step::DataRun(blocks) => {
+                for _ in 0..*blocks {
+                    if self.session.outcome().is_some()
+                        || self.got_last
+                        || self.packets >= PACKETS_MAX
+                    {
+                        break;
+                    }
+                    self.data(self.stored + 1, usize::from(self.blksize));
+                }
             }
             Step::Error(code) => {
                 let mut dgram = [0u8; 9];
@@ -535,6 +555,13 @@ impl Harness {
                 }
             }
         }
+    }
+
+    fn data(&mut self, index: u64, len: usize) {
+        let mut dgram = std::mem::take(&mut self.data_buf);
+        wire::encode_data_header(&mut dgram, block::wire(index)).unwrap();
+        self.deliver(&dgram[..wire::HEADER_BYTES + len]);
+        self.data_buf = dgram;
     }
 
     fn ack(&mut self, b: u16) {
@@ -630,6 +657,7 @@ fuzz_target!(|input: Input| {
         committed: false,
         store_fails: false,
         data_buf: vec![0x5a; wire::HEADER_BYTES + usize::from(n.blksize) + 16],
+        packets: 0,
     };
     h.drain(Trigger::Start, None);
     for step in input.steps.iter().take(4096) {
@@ -652,4 +680,33 @@ fuzz_target!(|input: Input| {
         let failed = h.due_bytes - h.written_bytes;
         assert!(failed <= u64::from(h.blksize));
     }
+    if report_states() {
+        // What the input reached, one line each, to tally over a corpus:
+        // UFTPD_FUZZ_STATES=1 .../session -runs=0 DIR 2>&1 | grep ^state | sort | uniq -c
+        let blocks = match kind {
+            RequestKind::Read => h.acked,
+            RequestKind::Write => h.stored,
+        };
+        let outcome = match h.session.outcome().unwrap() {
+            Outcome::PeerError(_) => "PeerError".to_string(),
+            other => format!("{other:?}"),
+        };
+        eprintln!(
+            "state {:?} {} window>1={} past-wrap={} blocks>={}",
+            kind,
+            outcome,
+            h.windowsize > 1,
+            blocks > 65_535,
+            [0u64, 1, 10, 100, 1000, 65_536]
+                .into_iter()
+                .rev()
+                .find(|&b| blocks >= b)
+                .unwrap_or(0)
+        );
+    }
 });
+
+fn report_states() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("UFTPD_FUZZ_STATES").is_some())
+}
