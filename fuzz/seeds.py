@@ -146,8 +146,10 @@ STEPS = ["Ack", "AckAhead", "AckBack", "Data", "Error", "Raw", "Fire", "Wait",
 
 def step(kind, *args):
     tag = variant(STEPS.index(kind), len(STEPS))
-    if kind in ("Ack", "AckAhead", "AckBack", "Error", "Wait", "DataRun"):
+    if kind in ("Ack", "AckAhead", "AckBack", "Error", "Wait"):
         return tag + u16(args[0])
+    if kind == "DataRun":
+        return tag + u8(args[0])
     if kind == "Data":
         ahead, length = args
         return tag + i16(ahead) + length
@@ -216,10 +218,13 @@ SESSION = {
         [step("Data", 0, short(3)), step("Error", 0), step("CommitFail")], write=True),
     "rrq-window-acks-complete": session([step("AckSent") for _ in range(30)],
                                         blksize=1024, windowsize=8, size=size_blocks(100, 7)),
-    "wrq-wrap-70000-blocks": session([step("DataRun", 65535), step("DataRun", 4465),
-                                      step("Data", 0, short(5)), step("Commit"),
-                                      step("Data", -1, short(5))],
-                                     write=True, blksize=8, windowsize=16),
+    # Crossing the wrap on upload takes 65 536 datagrams: as a seed it
+    # made every mutation of it that slow (2 500 executions a second
+    # instead of 40 000), so it is left to tests/simulation.rs.
+    "wrq-long-upload": session([step("DataRun", 250)] * 4
+                               + [step("Data", 0, short(5)), step("Commit"),
+                                  step("Data", -1, short(5))],
+                               write=True, blksize=8, windowsize=16),
     "raw-packets": session([step("Raw", WIRE["ack-1"]), step("Raw", WIRE["data-1"]),
                             step("Raw", WIRE["error-8-no-nul"]), step("Raw", b"\x00\x04")]),
 }

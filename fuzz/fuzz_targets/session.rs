@@ -110,8 +110,10 @@ enum Step {
     /// ACK of the highest block sent (the end of the last window).
     AckSent,
     /// WRQ: this many full blocks in order from the next one (long
-    /// uploads, past the block-number wrap at blksize 8).
-    DataRun(u16),
+    /// uploads: 257 of them cross the block-number wrap). Short runs keep
+    /// the executions fast: with u16 counts the fuzzer favoured long ones
+    /// and ran 100 inputs a second instead of 40 000.
+    DataRun(u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -138,7 +140,7 @@ enum Trigger {
 const FIRES_TO_END_MAX: usize = 64;
 
 /// Datagrams one input may deliver (DataRun sends many per step).
-const PACKETS_MAX: u64 = 300_000;
+const PACKETS_MAX: u64 = 100_000;
 
 struct Harness {
     session: ServerSession,
