@@ -526,19 +526,84 @@ mod tests {
                 let _ = Packet::parse(&bytes[4 - len..]);
             }
         }
+        // The sweep builds datagrams from a small opcode, a filename, a mode
+        // and options, each field a token (modes in any case, option names
+        // and numbers, stray bytes) followed, most of the time, by its NUL:
+        // random bytes almost never spell a mode, so they would never get
+        // past it to the options.
+        const MODES: &[&[u8]] = &[b"octet", b"OcTeT", b"netascii", b"NETASCII", b"mail"];
+        const TOKENS: &[&[u8]] = &[
+            b"blksize",
+            b"BLKSIZE",
+            b"tsize",
+            b"timeout",
+            b"windowsize",
+            b"0",
+            b"7",
+            b"512",
+            b"1432",
+            b"65535",
+            b"65536",
+            b"99999999999999999999999",
+            b"-1",
+            b"f",
+            b"",
+        ];
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut buf = [0u8; 40];
-        for _ in 0..200_000 {
+        let mut next = move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let len = (x % 40) as usize;
-            for (i, b) in buf.iter_mut().enumerate().take(len) {
-                *b = (x.rotate_left(i as u32 * 5) & 0x07) as u8; // many NULs and small opcodes
+            x
+        };
+        let limits = crate::proto::options::NegotiationLimits {
+            blksize_max: BLKSIZE_MAX,
+            windowsize_max: 64,
+            upload_bytes_max: 1 << 30,
+        };
+        let (mut requests, mut with_options, mut pairs, mut granted) = (0u32, 0u32, 0u32, 0u32);
+        let mut buf = Vec::with_capacity(128);
+        for _ in 0..200_000 {
+            buf.clear();
+            let r = next();
+            // Mostly requests, sometimes any other small opcode.
+            let opcode = if r & 3 != 0 {
+                1 + (r >> 2) % 2
+            } else {
+                (r >> 2) % 8
+            };
+            buf.extend_from_slice(&(opcode as u16).to_be_bytes());
+            for field in 0..2 + (r >> 8) % 10 {
+                let t = next();
+                if t % 16 == 0 {
+                    buf.push((t >> 8) as u8); // any byte
+                } else if field == 1 && t % 16 < 14 {
+                    buf.extend_from_slice(MODES[(t >> 8) as usize % MODES.len()]);
+                } else {
+                    buf.extend_from_slice(TOKENS[(t >> 8) as usize % TOKENS.len()]);
+                }
+                if (t >> 40) % 16 != 0 {
+                    buf.push(0);
+                }
             }
-            if let Ok(Packet::Request(r)) = Packet::parse(&buf[..len]) {
-                for _ in OptionIter::new(r.options) {}
+            if let Ok(Packet::Request(r)) = Packet::parse(&buf) {
+                requests += 1;
+                with_options += u32::from(!r.options.is_empty());
+                pairs += OptionIter::new(r.options).count() as u32;
+                if let Ok(n) = crate::proto::options::negotiate(&r, Some(1 << 20), &limits) {
+                    granted += u32::from(!n.oack.is_empty());
+                }
             }
         }
+        // The sweep does reach the option parser and negotiation, often
+        // (about 83 000 requests, 74 000 with options, 155 000 pairs, 9 900
+        // with options granted).
+        let seen = format!(
+            "{requests} requests, {with_options} with options, {pairs} pairs, {granted} granted"
+        );
+        assert!(requests > 40_000, "{seen}");
+        assert!(with_options > 30_000, "{seen}");
+        assert!(pairs > 60_000, "{seen}");
+        assert!(granted > 4_000, "{seen}");
     }
 }
