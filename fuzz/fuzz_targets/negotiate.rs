@@ -302,6 +302,7 @@ fuzz_target!(|input: Input| {
             backoff: true,
             unverified_resends_max: Some(1),
             unverified_quiet_waits: 2,
+            unverified_retransmit_ms: 1000,
         },
         dally_ms: 1000,
     };

@@ -609,6 +609,9 @@ fuzz_target!(|input: Input| {
             backoff: s.backoff,
             unverified_resends_max: s.unverified_resends_max.map(|n| u32::from(n % 4)),
             unverified_quiet_waits: u32::from(s.unverified_quiet_waits % 3),
+            // The server's base timeout for unproven peers: the same as
+            // `retransmit_ms` unless the request's `timeout` changes that.
+            unverified_retransmit_ms: 1 + u64::from(s.retransmit_ms % 5000),
         },
         dally_ms: u64::from(s.dally_ms),
     };
