@@ -599,43 +599,58 @@ fn explain(
             .iter()
             .filter(move |e| Some(e.flow) == flow && e.dir == dir && e.what == what)
     };
+    let is_data =
+        |e: &TraceEvent, block: u16| e.opcode() == Some(OP_DATA) && e.block() == Some(block);
+
     // atftp 0.8.0, tftp_file.c, tftp_receive_file: `if (oacks > 1)` ...
     // "tftp: unexpected OACK", abort. A duplicate OACK, or the server's
     // resend after a lost ACK 0, both legitimate.
-    if client == Client::Atftp
-        && spec.dir == Direction::Rrq
-        && out.is_some_and(|o| o.stderr.contains("unexpected OACK"))
-    {
+    let atftp_second_oack = || {
+        if client != Client::Atftp
+            || spec.dir != Direction::Rrq
+            || !out.is_some_and(|o| o.stderr.contains("unexpected OACK"))
+        {
+            return None;
+        }
         let second = on_flow(Dir::ToClient, Happened::Delivered)
             .filter(|e| e.opcode() == Some(OP_OACK))
             .nth(1)?;
-        return Some(Known::Client(format!(
+        Some(Known::Client(format!(
             "atftp aborted on a second OACK (one delivered at {:.0} ms)",
             ms(second.at)
-        )));
-    }
+        )))
+    };
+
     // atftp 0.8.0, tftp_send_file: an ACK older than the last block that
     // arrives after the last DATA went out resets `last_block`, so after
     // the final ACK atftp sends one more, empty, DATA past the end of the
     // file and waits for its ACK until it gives up. The file is complete.
-    if client == Client::Atftp && spec.dir == Direction::Wrq && out.is_some() && content_ok {
+    let atftp_past_the_end = || {
+        if client != Client::Atftp || spec.dir != Direction::Wrq || out.is_none() || !content_ok {
+            return None;
+        }
         let blksize = spec.blksize.unwrap_or(512) as usize;
         let last = (spec.size / blksize + 1) as u64;
+        if last >= 65_535 {
+            return None;
+        }
         let past = on_flow(Dir::ToServer, Happened::Received).find(|e| {
-            e.opcode() == Some(OP_DATA)
-                && e.block()
-                    .is_some_and(|b| u64::from(b) > last && last < 65_535)
+            e.opcode() == Some(OP_DATA) && e.block().is_some_and(|b| u64::from(b) > last)
         })?;
-        return Some(Known::Client(format!(
+        Some(Known::Client(format!(
             "atftp sent DATA {} past the last block {last} after an old ACK ({:.0} ms)",
             past.block().unwrap(),
             ms(past.at)
-        )));
-    }
+        )))
+    };
+
     // uftpd: an unverified RRQ session answers a repeat of the request
     // with its first DATA again, yet gives up at the deadline it already
     // had: the client's ACK of that DATA finds the TID closed.
-    if spec.dir == Direction::Rrq && server_log.contains("peer never answered") {
+    let give_up_after_answering = || {
+        if spec.dir != Direction::Rrq || !server_log.contains("peer never answered") {
+            return None;
+        }
         let last_emit = on_flow(Dir::ToClient, Happened::Received).next_back()?.at;
         let last_request = trace
             .iter()
@@ -648,54 +663,77 @@ fn explain(
             .at;
         let late_ack = on_flow(Dir::ToServer, Happened::Delivered)
             .find(|e| e.at > last_emit && e.opcode() == Some(OP_ACK))?;
-        if last_emit - last_request < Duration::from_millis(50) {
-            return Some(Known::Server {
-                test: "rrq_session_answering_a_repeated_request_waits_for_the_answer",
-                what: format!(
-                    "the server answered a repeated RRQ at {:.0} ms, then gave up (\"peer never \
-                     answered\"); the client's ACK reached the closed TID at {:.0} ms",
-                    ms(last_emit),
-                    ms(late_ack.at)
-                ),
-            });
-        }
-    }
+        (last_emit - last_request < Duration::from_millis(50)).then(|| Known::Server {
+            test: "rrq_session_answering_a_repeated_request_waits_for_the_answer",
+            what: format!(
+                "the server answered a repeated RRQ at {:.0} ms, then gave up (\"peer never \
+                 answered\"); the client's ACK reached the closed TID at {:.0} ms",
+                ms(last_emit),
+                ms(late_ack.at)
+            ),
+        })
+    };
+
     // uftpd: a windowed upload whose DATA 1 is lost gets an OACK for every
     // later DATA (the handshake reply, repeated without limit); atftp
     // takes each OACK as leave to go on and never sends DATA 1 again.
-    if spec.dir == Direction::Wrq && spec.uses_options() {
-        let data1 = on_flow(Dir::ToServer, Happened::Delivered)
-            .any(|e| e.opcode() == Some(OP_DATA) && e.block() == Some(1));
+    let oack_ping_pong = || {
+        if spec.dir != Direction::Wrq || !spec.uses_options() {
+            return None;
+        }
+        let data1 = on_flow(Dir::ToServer, Happened::Delivered).any(|e| is_data(e, 1));
         let emitted: Vec<&TraceEvent> = on_flow(Dir::ToClient, Happened::Received).collect();
-        let oacks = emitted
-            .iter()
-            .filter(|e| e.opcode() == Some(OP_OACK))
-            .count();
-        let acks = emitted
-            .iter()
-            .filter(|e| e.opcode() == Some(OP_ACK))
-            .count();
+        let count = |op| emitted.iter().filter(|e| e.opcode() == Some(op)).count();
+        let (oacks, acks) = (count(OP_OACK), count(OP_ACK));
         // DATA 1 may just be late (a reordered copy lands up to 450 ms
         // after the rest, each later DATA drawing an OACK meanwhile), or
         // the client may send it again: only when it has not for seconds,
         // dozens of OACKs later, is this the ping-pong.
         let end = trace.last().map_or(Duration::ZERO, |e| e.at);
         let data1_sent = on_flow(Dir::ToServer, Happened::Received)
-            .filter(|e| e.opcode() == Some(OP_DATA) && e.block() == Some(1))
+            .filter(|e| is_data(e, 1))
             .map(|e| e.at)
             .next_back();
         let quiet = data1_sent.is_none_or(|t| end - t >= Duration::from_secs(3));
-        if !data1 && acks == 0 && oacks >= 30 && quiet {
-            return Some(Known::Server {
-                test: "windowed_wrq_with_data_1_lost_completes",
-                what: format!(
-                    "DATA 1 never reached the server; it answered {oacks} OACKs and no ACK 0 \
-                     to the later DATA"
-                ),
-            });
+        (!data1 && acks == 0 && oacks >= 30 && quiet).then(|| Known::Server {
+            test: "windowed_wrq_with_data_1_lost_completes",
+            what: format!(
+                "DATA 1 never reached the server; it answered {oacks} OACKs and no ACK 0 to \
+                 the later DATA"
+            ),
+        })
+    };
+
+    // uftpd default: a stored upload re-ACKs a repeated last DATA for
+    // --dally-ms only; the client resent it after that, unanswered.
+    let dally_over = || {
+        if spec.dir != Direction::Wrq || out.is_none() || !content_ok {
+            return None;
         }
-    }
-    None
+        let last_answer = on_flow(Dir::ToClient, Happened::Received).next_back()?.at;
+        let unanswered: Vec<&TraceEvent> = on_flow(Dir::ToServer, Happened::Delivered)
+            .filter(|e| e.opcode() == Some(OP_DATA) && e.at > last_answer + Duration::from_secs(1))
+            .collect();
+        let first = unanswered.first()?;
+        Some(Known::Server {
+            test: "curl_wrq_outlives_the_default_dally",
+            what: format!(
+                "the upload was stored and the server's last answer went out at {:.0} ms; \
+                 {} resends of DATA {} from {:.0} ms on got none (--dally-ms {})",
+                ms(last_answer),
+                unanswered.len(),
+                first.block().unwrap_or(0),
+                ms(first.at),
+                spec.dally_ms.unwrap_or(60_000)
+            ),
+        })
+    };
+
+    atftp_second_oack()
+        .or_else(atftp_past_the_end)
+        .or_else(give_up_after_answering)
+        .or_else(oack_ping_pong)
+        .or_else(dally_over)
 }
 
 fn trace_path(spec: &Spec, seed: u64) -> PathBuf {
