@@ -14,6 +14,8 @@
 
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
