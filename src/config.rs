@@ -143,8 +143,10 @@ pub struct Args {
     pub max_netascii_total_bytes: u64,
 
     /// How long a finished upload keeps re-ACKing a repeated last block, in
-    /// milliseconds (longer than clients' retransmit timeouts).
-    #[arg(long, default_value_t = 10_000)]
+    /// milliseconds: several of a client's retransmit timeouts (curl and
+    /// atftp resend every 5-6 s), so a lost final ACK and a lost re-ACK do
+    /// not fail a client whose file is stored.
+    #[arg(long, default_value_t = 30_000)]
     pub dally_ms: u64,
 
     /// On SIGINT/SIGTERM, how long running transfers may finish, in milliseconds.

@@ -858,7 +858,7 @@ impl Sim {
                         self.ctx
                     );
                     let before = s.outcome();
-                    s.handle_duplicate_request();
+                    s.handle_duplicate_request(now);
                     self.flush(Side::Server, Trigger::DuplicateRequest, before);
                 }
                 Decision::Ignore(Ignored::StaleRepeat) => self.stale_requests += 1,

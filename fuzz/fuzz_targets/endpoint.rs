@@ -171,7 +171,7 @@ impl Shard {
                 assert_eq!(entry.peer, from);
                 assert_eq!(entry.request(), raw);
                 assert!(!entry.session.is_verified(), "Repeat to a verified session");
-                entry.session.handle_duplicate_request();
+                entry.session.handle_duplicate_request(now);
                 self.pump(id);
             }
             Decision::Ignore(Ignored::StaleRepeat) => {

@@ -535,7 +535,8 @@ impl Harness {
                 let before = self.session.outcome();
                 // The endpoint passes a repeat on only while unverified.
                 if !self.session.is_verified() {
-                    self.session.handle_duplicate_request();
+                    let now = self.now();
+                    self.session.handle_duplicate_request(now);
                 }
                 self.drain(Trigger::DuplicateRequest, before);
             }

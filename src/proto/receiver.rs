@@ -206,7 +206,14 @@ impl Receiver {
             }
             // A repeat means our ACK was lost; a gap means a block was lost.
             // Either way the sender needs our position, but only once.
-            if self.handshake.is_none() {
+            if self.handshake == Some(Handshake::Oack) {
+                // DATA on our TID after our OACK: the peer has the OACK, and
+                // it is DATA 1 that was lost. Answering with the OACK again
+                // (atftp takes it as leave to send its next block, and never
+                // goes back) would ping-pong forever; ACK 0 asks for block 1.
+                self.handshake = None;
+                self.maybe_reack(now);
+            } else if self.handshake.is_none() {
                 self.maybe_reack(now);
             } else if self.pending.is_none() {
                 // Nothing in order yet: the handshake reply is what's missing.
@@ -293,12 +300,14 @@ impl Receiver {
     /// A duplicate of the request that opened this transfer: the first
     /// reply again while the peer has not answered, within the timer's
     /// resend budget.
-    pub fn handle_duplicate_request(&mut self) {
+    pub fn handle_duplicate_request(&mut self, now: Instant) {
         if self.outcome.is_none()
             && self.pending.is_none()
             && self.timer.take_repeat_resend(self.verified)
         {
             self.queue_handshake();
+            // A whole timeout for the answer to be answered (once at most).
+            self.timer.arm(now);
         }
     }
 
@@ -454,6 +463,36 @@ mod tests {
         assert_eq!(r.poll_transmit(), Some(Transmit::Ack { block: 1 }));
         r.handle_timeout(ms(committed, DALLY_MS));
         assert_eq!(r.outcome(), Some(Outcome::Complete));
+    }
+
+    #[test]
+    fn data_after_our_oack_without_block_1_gets_ack_0_not_the_oack_again() {
+        // DATA 1 of an upload with options is lost and DATA 2 arrives: the
+        // client has our OACK. Answering with the OACK again made atftp
+        // send its next block, forever; ACK 0 sends it back to block 1.
+        let t0 = Instant::now();
+        let mut r = Receiver::new(
+            512,
+            4,
+            Handshake::Oack,
+            TIMER,
+            FinalAck::AfterCommit,
+            DALLY_MS,
+            t0,
+        );
+        assert_eq!(r.poll_transmit(), Some(Transmit::Oack));
+        assert_eq!(r.handle_data(2, 512, t0), DataVerdict::Ignore);
+        assert_eq!(r.poll_transmit(), Some(Transmit::Ack { block: 0 }));
+        // Held back for the rest of that burst, as any re-ACK.
+        assert_eq!(r.handle_data(3, 512, t0), DataVerdict::Ignore);
+        assert_eq!(r.poll_transmit(), None);
+        // The timer, too, asks for block 1 now, not with the OACK.
+        r.handle_timeout(r.poll_timeout().unwrap());
+        assert_eq!(r.poll_transmit(), Some(Transmit::Ack { block: 0 }));
+        assert!(matches!(
+            r.handle_data(1, 512, t0),
+            DataVerdict::Accept { index: 1, .. }
+        ));
     }
 
     #[test]

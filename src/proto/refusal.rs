@@ -74,6 +74,11 @@ impl Refusal {
         "File is being written by another transfer",
         Cause::Busy,
     );
+    pub const SIZE_MISMATCH: Refusal = Refusal::new(
+        ErrorCode::NotDefined,
+        "Received size differs from tsize",
+        Cause::Disk,
+    );
     pub const UPLOADS_DISABLED: Refusal = Refusal::new(
         ErrorCode::AccessViolation,
         "Uploads are disabled",

@@ -177,12 +177,16 @@ impl Sender {
     /// the first reply again while the peer has not answered, within the
     /// same budget as timeout resends (a flood of repeats draws no more);
     /// ignore it afterwards.
-    pub fn handle_duplicate_request(&mut self) {
+    pub fn handle_duplicate_request(&mut self, now: Instant) {
         if self.outcome.is_none()
             && self.pending.is_none()
             && self.timer.take_repeat_resend(self.verified)
         {
             self.queue_resend();
+            // The answer gets a whole timeout to be answered (at most once:
+            // the resend budget allows one), or a repeat near the end of the
+            // hold would be answered just before giving up.
+            self.timer.arm(now);
         }
     }
 
@@ -333,6 +337,41 @@ mod tests {
         s.handle_ack(16, now);
         s.handle_ack(16, now);
         assert_eq!(s.counters().duplicate_acks, 1);
+    }
+
+    #[test]
+    fn an_answer_to_a_repeated_request_gets_a_whole_timeout() {
+        // Answered near the end of the hold, the repeat used to be followed
+        // by the old give-up before its client's ACK could arrive.
+        let t0 = Instant::now();
+        let mut s = Sender::new(512, 1, 5000, None, TIMER, t0);
+        s.poll_transmit();
+        let mut at = t0;
+        // Spend the hold but its last wait (resend, then one quiet wait).
+        for _ in 0..2 {
+            at = s.poll_timeout().unwrap();
+            s.handle_timeout(at);
+            s.poll_transmit();
+        }
+        let repeat_at = at + std::time::Duration::from_millis(10);
+        s.handle_duplicate_request(repeat_at);
+        // The resend budget went to the timer's resend: nothing more...
+        assert_eq!(s.poll_transmit(), None);
+        let mut s = Sender::new(512, 1, 5000, None, TIMER, t0);
+        s.poll_transmit();
+        let late = t0 + std::time::Duration::from_millis(900);
+        s.handle_duplicate_request(late);
+        // ...but a repeat that gets the resend also gets a whole timeout.
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Transmit::Data { first: 1, count: 1 })
+        );
+        assert_eq!(
+            s.poll_timeout(),
+            Some(late + std::time::Duration::from_millis(1000))
+        );
+        s.handle_ack(1, late + std::time::Duration::from_millis(950));
+        assert!(s.is_verified());
     }
 
     #[test]

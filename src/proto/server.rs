@@ -159,10 +159,10 @@ impl ServerSession {
     }
 
     /// The peer repeated the request that started this session.
-    pub fn handle_duplicate_request(&mut self) {
+    pub fn handle_duplicate_request(&mut self, now: Instant) {
         match &mut self.machine {
-            Machine::Read(s) => s.handle_duplicate_request(),
-            Machine::Write(r) => r.handle_duplicate_request(),
+            Machine::Read(s) => s.handle_duplicate_request(now),
+            Machine::Write(r) => r.handle_duplicate_request(now),
         }
     }
 

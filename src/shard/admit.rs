@@ -111,7 +111,7 @@ impl Shard {
             Decision::Repeat(id) => {
                 c.requests_duplicate.inc();
                 if let Some(entry) = self.sessions.get_mut(id) {
-                    entry.session.handle_duplicate_request();
+                    entry.session.handle_duplicate_request(now);
                 }
                 self.pump(id);
             }

@@ -119,11 +119,24 @@ impl Shard {
             return;
         };
         let Store::Write {
-            upload: Some(up), ..
+            upload: Some(up),
+            netascii,
         } = &entry.io.store
         else {
             return;
         };
+        // The client announced its size (tsize): a file that arrived with
+        // another size is not what it meant to send (curl, for one, can
+        // drop a block of its own when an OACK is duplicated). Refuse it
+        // rather than store it. (Netascii sizes count wire bytes.)
+        if let Some(announced) = entry.session.negotiated().oack.tsize_bytes
+            && netascii.is_none()
+            && up.written_bytes() != announced
+        {
+            self.ctx.counters.uploads_size_mismatch.inc();
+            entry.session.commit_failed(Refusal::SIZE_MISMATCH);
+            return;
+        }
         // The ring keeps its own duplicate open until the owner settles.
         match up.file_fd().try_clone_to_owned() {
             Ok(fd) => self.io.fsync(Owner::new(id.index()), fd, COMMIT_FILE),

@@ -76,6 +76,9 @@ counters! {
     transfers_replaced,
     /// Never answered, and their place in a full table went to a new request.
     failed_evicted,
+    /// Uploads whose size differed from the tsize their client announced
+    /// (refused, not stored).
+    uploads_size_mismatch,
     /// First replies (and resends) to peers that had not answered, not sent
     /// because the unproven-bytes budget (per source or in all) was spent.
     unverified_sends_withheld,
