@@ -380,6 +380,13 @@ impl Server {
         if !extra_args.contains(&"--cores") {
             cmd.args(["--cores", "2"]);
         }
+        // Tests run side by side: each server's stats on a port of its own.
+        if !extra_args
+            .iter()
+            .any(|a| *a == "--stats" || *a == "--no-stats")
+        {
+            cmd.args(["--stats", "127.0.0.1:0"]);
+        }
         if std::env::var_os("UFTPD_TEST_VERBOSE").is_some() {
             cmd.arg("-v");
         }
