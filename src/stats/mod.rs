@@ -4,6 +4,8 @@
 //! The shard reaches its block through a plain borrow, never a clone of its
 //! `Arc`, so counting costs no atomic read-modify-write either.
 
+pub mod eas0;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
