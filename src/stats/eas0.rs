@@ -44,10 +44,128 @@
 //! assert_eq!((got.user, got.host(), got.app()), ("ops", Some("pxe1"), None));
 //! assert_eq!(Message::Login(got), login);
 //! ```
+//!
+//! # Sessions
+//!
+//! [`ServerSession`] and [`ClientSession`] are the handshake and the
+//! command loop as state machines. Each `handle(frame, out)` takes one
+//! decoded frame, appends what must be sent to `out` and says what
+//! happened. Randomness is the caller's: a session is given its 32-byte
+//! [`Nonce`] ([`Nonce::random`] reads one from the kernel), so tests are
+//! deterministic.
+//!
+//! Without a secret: LOGIN → WELCOME. The listener must allow this only on
+//! loopback (that rule is the listener's; nothing here knows addresses).
+//! With a shared [`Secret`]: LOGIN → CHALLENGE (server nonce) → AUTH
+//! (client nonce, client proof) → WELCOME (server proof), each proof an
+//! HMAC-SHA256 keyed by the secret over a direction label, both nonces and
+//! the user (see [`Secret::proof`]). The server refuses an AUTH whose
+//! nonce echoes its own; the client refuses a CHALLENGE that echoes its
+//! nonce and any WELCOME without a valid server proof, so it never talks
+//! to a server that does not know the secret. Then COMMAND → REPLY any
+//! number of times, and CLOSE → CLOSE. Anything out of order draws an
+//! ERROR and ends the session.
+//!
+//! The handshake authenticates both ends; it does not encrypt or sign the
+//! frames after it. Someone who can alter the TCP stream can alter the
+//! reports: authentication keeps strangers out, it is not a secure channel.
+//!
+//! # The listener's loop
+//!
+//! ```
+//! use uftpd::stats::eas0::*;
+//!
+//! // One connection. `inbox` holds what was read and not yet decoded,
+//! // `outbox` what must be written before anything else is read.
+//! let secret = Secret::new(b"a long random shared secret").unwrap();
+//! let mut server = ServerSession::with_secret(
+//!     7,                      // session id, the listener's choice
+//!     "uftpd 0.1.0 stats",    // the welcome line
+//!     secret.clone(),
+//!     Nonce([0x11; 32]),      // Nonce::random() in real use
+//! );
+//! # let mut client = ClientSession::with_secret(
+//! #     LoginInfo::new("ops"), secret, Nonce([0x22; 32]));
+//! # let mut inbox = Vec::new();
+//! # client.login(&mut inbox).unwrap();
+//! let mut outbox = Vec::new();
+//! # let mut reports = 0;
+//! # for _ in 0..4 {
+//! // ... append what the socket read to `inbox`, then:
+//! let mut used = 0;
+//! let close = loop {
+//!     match Frame::decode(&inbox[used..]) {
+//!         Ok(Decoded::Incomplete { .. }) => break false, // read more
+//!         Ok(Decoded::Frame { frame, len }) => {
+//!             used += len;
+//!             match server.handle(frame, &mut outbox) {
+//!                 ServerEvent::Command { tag, command } => {
+//!                     let (status, text) = match command.word {
+//!                         "report" => (ReplyStatus::OK, "eAss---Srvr: ...\n"),
+//!                         _ => (ReplyStatus::UNKNOWN_COMMAND, "unknown command"),
+//!                     };
+//!                     # reports += 1;
+//!                     server.reply(tag, status, text, &mut outbox).unwrap();
+//!                 }
+//!                 ServerEvent::LoggedIn => {
+//!                     let peer = server.peer().unwrap(); // log it
+//!                     # assert_eq!(peer.user, "ops");
+//!                 }
+//!                 ServerEvent::Continue => {}
+//!                 // Flush `outbox`, then close.
+//!                 ServerEvent::Closed
+//!                 | ServerEvent::Refused { .. }
+//!                 | ServerEvent::PeerError { .. }
+//!                 | ServerEvent::Ignored => break true,
+//!             }
+//!         }
+//!         Err(bad) => {
+//!             server.refuse_frame(&bad, &mut outbox); // flush, close
+//!             break true;
+//!         }
+//!     }
+//! };
+//! inbox.drain(..used);
+//! // ... write `outbox` to the socket (and clear it); close if `close`.
+//! # let (mut cin, mut cused) = (std::mem::take(&mut outbox), 0);
+//! # while let Ok(Decoded::Frame { frame, len }) = Frame::decode(&cin[cused..]) {
+//! #     cused += len;
+//! #     match client.handle(frame, &mut inbox) {
+//! #         ClientEvent::Welcome { .. } => { client.command("report", &[], &mut inbox).unwrap(); }
+//! #         ClientEvent::Reply { .. } => { client.close(&mut inbox).unwrap(); }
+//! #         _ => {}
+//! #     }
+//! # }
+//! # cin.clear();
+//! # if close { break; }
+//! # }
+//! # assert_eq!(reports, 1);
+//! ```
+//!
+//! The listener also refuses on its own account, with
+//! [`ServerSession::refuse`]: [`ErrorCode::BUSY`] when it has too many
+//! connections, [`ErrorCode::IDLE_TIMEOUT`], [`ErrorCode::SHUTTING_DOWN`].
+//! A connection that ends in the middle of a frame needs no answer: the
+//! peer is gone.
+//!
+//! # The client's loop
+//!
+//! [`ClientSession::login`] appends the LOGIN; each frame read goes to
+//! [`ClientSession::handle`] (and anything it appends, an AUTH or an
+//! ERROR, is written back). [`ClientEvent::Welcome`] means the session is
+//! open: [`ClientSession::command`] sends a COMMAND and the answer comes
+//! back as [`ClientEvent::Reply`]; [`ClientSession::close`] ends it and
+//! [`ClientEvent::Closed`] confirms. One request is outstanding at a time.
+//! [`ClientEvent::Failed`] carries a [`ClientError`] whose `Display` is a
+//! sentence for the operator ("wrong secret?"); write out whatever was
+//! appended, then close.
 
 #![forbid(unsafe_code)]
 
 use std::fmt;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"eAS0";
@@ -77,8 +195,9 @@ pub enum Decoded<'a> {
     Frame { frame: Frame<'a>, len: usize },
 }
 
-/// A stream that cannot be eAS0 frames: answer and close, since no later
-/// frame boundary can be trusted.
+/// A stream that cannot be eAS0 frames: answer (see
+/// [`ServerSession::refuse_frame`]) and close, since no later frame
+/// boundary can be trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
     /// Byte `offset` of the header is `byte`, not the magic's.
@@ -346,6 +465,19 @@ impl MessageType {
 /// 32 bytes of randomness that one side contributes to a handshake.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Nonce(pub [u8; NONCE_LEN]);
+
+impl Nonce {
+    /// A fresh nonce from the kernel (getrandom(2): no descriptor needed,
+    /// and it waits, once, until the kernel's pool has been seeded).
+    pub fn random() -> std::io::Result<Nonce> {
+        let mut bytes = [0u8; NONCE_LEN];
+        getrandom::fill(&mut bytes).map_err(|e| match e.raw_os_error() {
+            Some(errno) => std::io::Error::from_raw_os_error(errno),
+            None => std::io::Error::other(e.to_string()),
+        })?;
+        Ok(Nonce(bytes))
+    }
+}
 
 impl fmt::Debug for Nonce {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1032,6 +1164,869 @@ impl<'a> Message<'a> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Authentication
+// ---------------------------------------------------------------------------
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The label that starts the client's proof (in AUTH).
+pub const CLIENT_PROOF_LABEL: &[u8] = b"eAS0 v1 client->server HMAC-SHA256\0";
+/// The label that starts the server's proof (in WELCOME).
+pub const SERVER_PROOF_LABEL: &[u8] = b"eAS0 v1 server->client HMAC-SHA256\0";
+/// The longest welcome line a [`ServerSession`] sends (longer ones are cut
+/// at a character boundary).
+pub const WELCOME_LINE_MAX: usize = 1024;
+/// The longest ERROR message a session sends (longer ones are cut).
+pub const ERROR_MESSAGE_MAX: usize = 1024;
+
+/// Which side a proof speaks for: each has its own label, so one side's
+/// proof is never valid as the other's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The client proves the secret to the server (AUTH).
+    ClientToServer,
+    /// The server proves the secret to the client (WELCOME).
+    ServerToClient,
+}
+
+impl Direction {
+    pub fn label(self) -> &'static [u8] {
+        match self {
+            Direction::ClientToServer => CLIENT_PROOF_LABEL,
+            Direction::ServerToClient => SERVER_PROOF_LABEL,
+        }
+    }
+}
+
+/// The shared secret, held only as a keyed HMAC state (the raw bytes are
+/// not kept). Cheap to clone, one per connection; `Debug` shows nothing.
+#[derive(Clone)]
+pub struct Secret {
+    mac: HmacSha256,
+}
+
+/// A secret that cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretError {
+    /// No bytes (after the line ending, for [`Secret::from_file_contents`]).
+    Empty,
+}
+
+impl fmt::Display for SecretError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretError::Empty => write!(f, "the stats secret is empty"),
+        }
+    }
+}
+
+impl std::error::Error for SecretError {}
+
+impl Secret {
+    /// The secret is these bytes, exactly.
+    pub fn new(bytes: &[u8]) -> Result<Secret, SecretError> {
+        if bytes.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        // HMAC takes a key of any length: this cannot fail.
+        let mac = HmacSha256::new_from_slice(bytes).map_err(|_| SecretError::Empty)?;
+        Ok(Secret { mac })
+    }
+
+    /// The secret of a secret file: its bytes without the trailing line
+    /// ending(s) (`\n`, `\r\n`) an editor or `echo` adds. The server and
+    /// the client both read their file with this, so they agree.
+    pub fn from_file_contents(contents: &[u8]) -> Result<Secret, SecretError> {
+        let end = contents
+            .iter()
+            .rposition(|&b| b != b'\n' && b != b'\r')
+            .map_or(0, |i| i + 1);
+        Secret::new(contents.get(..end).unwrap_or_default())
+    }
+
+    /// HMAC-SHA256 keyed by the secret over
+    /// `label(direction) || server_nonce || client_nonce || u32le(len(user)) || user`.
+    pub fn proof(
+        &self,
+        direction: Direction,
+        server_nonce: &Nonce,
+        client_nonce: &Nonce,
+        user: &str,
+    ) -> Proof {
+        let mut mac = self.mac.clone();
+        mac.update(&proof_input(direction, server_nonce, client_nonce, user));
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `proof` is [`Secret::proof`] of these inputs, compared in
+    /// constant time.
+    pub fn verify(
+        &self,
+        direction: Direction,
+        server_nonce: &Nonce,
+        client_nonce: &Nonce,
+        user: &str,
+        proof: &Proof,
+    ) -> bool {
+        let mut mac = self.mac.clone();
+        mac.update(&proof_input(direction, server_nonce, client_nonce, user));
+        mac.verify_slice(proof).is_ok()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The bytes a proof is the HMAC of (docs/eas0.md shows them in hex).
+pub fn proof_input(
+    direction: Direction,
+    server_nonce: &Nonce,
+    client_nonce: &Nonce,
+    user: &str,
+) -> Vec<u8> {
+    let label = direction.label();
+    let mut input = Vec::with_capacity(label.len() + 2 * NONCE_LEN + 4 + user.len());
+    input.extend_from_slice(label);
+    input.extend_from_slice(&server_nonce.0);
+    input.extend_from_slice(&client_nonce.0);
+    // A user is at most a frame long, so its length fits a u32.
+    input.extend_from_slice(&u32::try_from(user.len()).unwrap_or(u32::MAX).to_le_bytes());
+    input.extend_from_slice(user.as_bytes());
+    input
+}
+
+/// `s`, cut to at most `max` bytes at a character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------
+
+/// Who logged in (the server's record of a LOGIN), or who logs in (the
+/// client's). Unknown named fields are not kept here.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoginInfo {
+    pub user: String,
+    pub host: Option<String>,
+    pub pid: Option<String>,
+    pub app: Option<String>,
+}
+
+impl LoginInfo {
+    /// A login of `user` with no HOST, PID or APP.
+    pub fn new(user: impl Into<String>) -> LoginInfo {
+        LoginInfo {
+            user: user.into(),
+            ..LoginInfo::default()
+        }
+    }
+
+    fn from_login(login: &Login<'_>) -> LoginInfo {
+        LoginInfo {
+            user: login.user.to_owned(),
+            host: login.host().map(str::to_owned),
+            pid: login.pid().map(str::to_owned),
+            app: login.app().map(str::to_owned),
+        }
+    }
+
+    fn encode(&self, tag: u16, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let known = [
+            (FIELD_HOST, &self.host),
+            (FIELD_PID, &self.pid),
+            (FIELD_APP, &self.app),
+        ];
+        let mut fields = [Field::text("", ""); 3];
+        let mut n = 0;
+        for (key, value) in known {
+            if let (Some(value), Some(slot)) = (value, fields.get_mut(n)) {
+                *slot = Field::text(key, value);
+                n += 1;
+            }
+        }
+        Message::Login(Login {
+            user: &self.user,
+            fields: Fields::new(fields.get(..n).unwrap_or_default()),
+        })
+        .encode(tag, out)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerState {
+    AwaitLogin,
+    /// CHALLENGE sent; `pending` holds the LOGIN.
+    AwaitAuth,
+    Established,
+    Finished,
+}
+
+impl ServerState {
+    fn describe(self) -> &'static str {
+        match self {
+            ServerState::AwaitLogin => "before LOGIN",
+            ServerState::AwaitAuth => "after CHALLENGE (AUTH expected)",
+            ServerState::Established => "in an open session",
+            ServerState::Finished => "after the session ended",
+        }
+    }
+}
+
+/// What a frame did to a [`ServerSession`]. Whatever must be sent has been
+/// appended to `out`; after `Closed`, `Refused` and `PeerError` write it
+/// out and close the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServerEvent<'a> {
+    /// Handshake under way (a CHALLENGE went out): read on.
+    Continue,
+    /// WELCOME sent: the session is open; [`ServerSession::peer`] says who.
+    LoggedIn,
+    /// A command to answer with [`ServerSession::reply`] and this tag,
+    /// before the next frame is handled.
+    Command { tag: u16, command: Command<'a> },
+    /// The client said CLOSE; the CLOSE in answer is in `out`.
+    Closed,
+    /// We refused the frame; the ERROR is in `out`.
+    Refused { code: ErrorCode, message: String },
+    /// The client sent an ERROR; nothing to answer.
+    PeerError { code: ErrorCode, message: &'a str },
+    /// The session had already ended: the frame was dropped.
+    Ignored,
+}
+
+/// The server's side of one connection.
+#[derive(Debug)]
+pub struct ServerSession {
+    session_id: u64,
+    welcome: String,
+    auth: Option<(Secret, Nonce)>,
+    state: ServerState,
+    /// The LOGIN, until AUTH proves it.
+    pending: Option<LoginInfo>,
+    peer: Option<LoginInfo>,
+}
+
+impl ServerSession {
+    /// A session without a secret: LOGIN is answered by WELCOME at once.
+    /// Only for loopback connections (the listener's rule).
+    pub fn new(session_id: u64, welcome: &str) -> ServerSession {
+        ServerSession {
+            session_id,
+            welcome: truncate_utf8(welcome, WELCOME_LINE_MAX).to_owned(),
+            auth: None,
+            state: ServerState::AwaitLogin,
+            pending: None,
+            peer: None,
+        }
+    }
+
+    /// A session that challenges with `nonce` (fresh for each connection:
+    /// [`Nonce::random`]) and admits only a client that knows `secret`.
+    pub fn with_secret(
+        session_id: u64,
+        welcome: &str,
+        secret: Secret,
+        nonce: Nonce,
+    ) -> ServerSession {
+        ServerSession {
+            auth: Some((secret, nonce)),
+            ..ServerSession::new(session_id, welcome)
+        }
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Who logged in, once [`ServerEvent::LoggedIn`] has been returned.
+    pub fn peer(&self) -> Option<&LoginInfo> {
+        self.peer.as_ref()
+    }
+
+    /// Whether the peer proved the secret (false on a session without one).
+    pub fn is_authenticated(&self) -> bool {
+        self.peer.is_some() && self.auth.is_some()
+    }
+
+    /// LOGIN (and AUTH) done, COMMANDs accepted.
+    pub fn is_established(&self) -> bool {
+        self.state == ServerState::Established
+    }
+
+    /// Closed or refused: write out what is pending and close.
+    pub fn is_finished(&self) -> bool {
+        self.state == ServerState::Finished
+    }
+
+    /// Handles one frame from the client; appends the answer to `out`.
+    pub fn handle<'a>(&mut self, frame: Frame<'a>, out: &mut Vec<u8>) -> ServerEvent<'a> {
+        if self.state == ServerState::Finished {
+            return ServerEvent::Ignored;
+        }
+        let tag = frame.tag;
+        let message = match Message::decode(frame.body) {
+            Ok(message) => message,
+            Err(e) => {
+                let code = match e.problem {
+                    BodyProblem::UnsupportedVersion(_) => ErrorCode::UNSUPPORTED_VERSION,
+                    _ => ErrorCode::MALFORMED,
+                };
+                return self.refuse(tag, code, &e.to_string(), out);
+            }
+        };
+        match (self.state, message) {
+            (_, Message::Close) => {
+                self.state = ServerState::Finished;
+                match Message::Close.encode(tag, out) {
+                    Ok(()) => ServerEvent::Closed,
+                    Err(e) => self.refuse(tag, ErrorCode::INTERNAL, &e.to_string(), out),
+                }
+            }
+            (_, Message::Error { code, message }) => {
+                self.state = ServerState::Finished;
+                ServerEvent::PeerError { code, message }
+            }
+            (ServerState::AwaitLogin, Message::Login(login)) => {
+                let info = LoginInfo::from_login(&login);
+                match &self.auth {
+                    None => self.welcome(tag, info, None, out),
+                    Some((_, nonce)) => {
+                        let challenge = Message::Challenge {
+                            server_nonce: *nonce,
+                        };
+                        if let Err(e) = challenge.encode(tag, out) {
+                            return self.refuse(tag, ErrorCode::INTERNAL, &e.to_string(), out);
+                        }
+                        self.pending = Some(info);
+                        self.state = ServerState::AwaitAuth;
+                        ServerEvent::Continue
+                    }
+                }
+            }
+            (
+                ServerState::AwaitAuth,
+                Message::Auth {
+                    client_nonce,
+                    proof,
+                },
+            ) => {
+                let (Some((secret, nonce)), Some(info)) = (&self.auth, self.pending.take()) else {
+                    return self.refuse(tag, ErrorCode::INTERNAL, "no pending login", out);
+                };
+                // A client "nonce" that is our own is someone replaying our
+                // challenge at us: refuse it before looking at the proof.
+                if client_nonce == *nonce {
+                    return self.refuse(
+                        tag,
+                        ErrorCode::NONCE_REUSED,
+                        "the client nonce is the server's own",
+                        out,
+                    );
+                }
+                if !secret.verify(
+                    Direction::ClientToServer,
+                    nonce,
+                    &client_nonce,
+                    &info.user,
+                    &proof,
+                ) {
+                    return self.refuse(tag, ErrorCode::AUTH_FAILED, "authentication failed", out);
+                }
+                let server_proof =
+                    secret.proof(Direction::ServerToClient, nonce, &client_nonce, &info.user);
+                self.welcome(tag, info, Some(server_proof), out)
+            }
+            (ServerState::Established, Message::Command(command)) => {
+                ServerEvent::Command { tag, command }
+            }
+            (state, message) => self.refuse(
+                tag,
+                ErrorCode::UNEXPECTED,
+                &format!("{} is not expected {}", message.name(), state.describe()),
+                out,
+            ),
+        }
+    }
+
+    fn welcome<'a>(
+        &mut self,
+        tag: u16,
+        info: LoginInfo,
+        proof: Option<Proof>,
+        out: &mut Vec<u8>,
+    ) -> ServerEvent<'a> {
+        let welcome = Message::Welcome(Welcome {
+            session_id: self.session_id,
+            proof,
+            line: &self.welcome,
+        });
+        if let Err(e) = welcome.encode(tag, out) {
+            return self.refuse(tag, ErrorCode::INTERNAL, &e.to_string(), out);
+        }
+        self.peer = Some(info);
+        self.state = ServerState::Established;
+        ServerEvent::LoggedIn
+    }
+
+    /// Appends the REPLY to the COMMAND of `tag`. A text over
+    /// [`REPLY_TEXT_MAX`] is refused (nothing appended): cut it first.
+    pub fn reply(
+        &self,
+        tag: u16,
+        status: ReplyStatus,
+        text: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        Message::Reply { status, text }.encode(tag, out)
+    }
+
+    /// Appends an ERROR (its message cut to [`ERROR_MESSAGE_MAX`]) and ends
+    /// the session: the listener's own refusals ([`ErrorCode::BUSY`],
+    /// [`ErrorCode::IDLE_TIMEOUT`], [`ErrorCode::SHUTTING_DOWN`], tag 0).
+    pub fn refuse<'a>(
+        &mut self,
+        tag: u16,
+        code: ErrorCode,
+        message: &str,
+        out: &mut Vec<u8>,
+    ) -> ServerEvent<'a> {
+        let message = truncate_utf8(message, ERROR_MESSAGE_MAX);
+        // Cannot fail: a short text in a fixed layout.
+        let _ = Message::Error { code, message }.encode(tag, out);
+        self.state = ServerState::Finished;
+        self.pending = None;
+        ServerEvent::Refused {
+            code,
+            message: message.to_owned(),
+        }
+    }
+
+    /// Answers a stream that is not eAS0 frames ([`Frame::decode`]'s error)
+    /// with ERROR [`ErrorCode::MALFORMED`], tag 0, and ends the session.
+    pub fn refuse_frame<'a>(&mut self, error: &FrameError, out: &mut Vec<u8>) -> ServerEvent<'a> {
+        self.refuse(0, ErrorCode::MALFORMED, &error.to_string(), out)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientState {
+    /// LOGIN not sent yet.
+    Start,
+    /// LOGIN sent: CHALLENGE or WELCOME expected.
+    AwaitLoginReply,
+    /// AUTH sent for this server nonce: WELCOME expected.
+    AwaitWelcome {
+        server_nonce: Nonce,
+    },
+    Established,
+    /// CLOSE sent.
+    Closing,
+    Finished,
+}
+
+impl ClientState {
+    fn describe(self) -> &'static str {
+        match self {
+            ClientState::Start => "before LOGIN",
+            ClientState::AwaitLoginReply => "in answer to LOGIN",
+            ClientState::AwaitWelcome { .. } => "in answer to AUTH",
+            ClientState::Established => "in an open session",
+            ClientState::Closing => "in answer to CLOSE",
+            ClientState::Finished => "after the session ended",
+        }
+    }
+}
+
+/// Why a client session ended, or why a call was refused. `Display` is a
+/// sentence for the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// The stream is not eAS0 frames.
+    Frame(FrameError),
+    /// A frame whose body does not decode.
+    Malformed(BodyError),
+    /// The server sent ERROR.
+    Refused { code: ErrorCode, message: String },
+    /// The server challenged, and we have no secret.
+    SecretRequired,
+    /// We have a secret and the server welcomed us without proving it
+    /// knows it: not the server we mean to talk to.
+    ServerNotAuthenticated,
+    /// The server's proof is wrong: it does not know our secret.
+    BadServerProof,
+    /// The server's challenge nonce is our own (a reflection attempt).
+    EchoedNonce,
+    /// A valid message at the wrong point.
+    Unexpected {
+        got: &'static str,
+        when: &'static str,
+    },
+    /// An answer whose tag is not our outstanding request's.
+    TagMismatch { expected: Option<u16>, got: u16 },
+    /// A call at the wrong point (`command` before WELCOME, two requests
+    /// at once, anything after the end).
+    OutOfTurn {
+        call: &'static str,
+        when: &'static str,
+    },
+    /// The request could not be encoded (too long, empty word).
+    Encode(EncodeError),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Frame(e) => write!(f, "protocol error: {e}"),
+            ClientError::Malformed(e) => write!(f, "protocol error: {e}"),
+            ClientError::Refused { code, message } => {
+                match (message.is_empty(), code.name()) {
+                    (true, Some(name)) => write!(f, "the server refused: {name}")?,
+                    _ => write!(f, "the server refused: {message}")?,
+                }
+                write!(f, " (code {})", code.0)?;
+                if *code == ErrorCode::AUTH_FAILED {
+                    write!(f, "; wrong secret?")?;
+                }
+                Ok(())
+            }
+            ClientError::SecretRequired => {
+                write!(f, "the server requires a secret (--secret-file)")
+            }
+            ClientError::ServerNotAuthenticated => write!(
+                f,
+                "the server did not prove it knows the secret: not the server expected"
+            ),
+            ClientError::BadServerProof => write!(
+                f,
+                "the server's proof of the secret is wrong: it has another secret, or it is an impostor"
+            ),
+            ClientError::EchoedNonce => write!(
+                f,
+                "the server sent our own nonce back: refused as a reflection attack"
+            ),
+            ClientError::Unexpected { got, when } => {
+                write!(f, "protocol error: {got} from the server {when}")
+            }
+            ClientError::TagMismatch { expected, got } => match expected {
+                Some(expected) => write!(
+                    f,
+                    "protocol error: the server answered tag {got} to request tag {expected}"
+                ),
+                None => write!(
+                    f,
+                    "protocol error: the server answered tag {got} with no request outstanding"
+                ),
+            },
+            ClientError::OutOfTurn { call, when } => write!(f, "{call} called {when}"),
+            ClientError::Encode(e) => write!(f, "cannot send: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// What a frame did to a [`ClientSession`]. Whatever must be sent has been
+/// appended to `out`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientEvent<'a> {
+    /// Handshake under way (an AUTH went out): read on.
+    Continue,
+    /// The session is open; `authenticated` when both sides proved the
+    /// secret.
+    Welcome {
+        session_id: u64,
+        line: &'a str,
+        authenticated: bool,
+    },
+    /// The answer to the COMMAND of `tag`.
+    Reply {
+        tag: u16,
+        status: ReplyStatus,
+        text: &'a str,
+    },
+    /// The server closed (in answer to our CLOSE, or on its own with tag 0).
+    Closed,
+    /// The session is over; write out what was appended (an ERROR telling
+    /// the server why, if any), then close.
+    Failed(ClientError),
+    /// The session had already ended: the frame was dropped.
+    Ignored,
+}
+
+/// The client's side of one connection.
+#[derive(Debug)]
+pub struct ClientSession {
+    login: LoginInfo,
+    auth: Option<(Secret, Nonce)>,
+    state: ClientState,
+    next_tag: u16,
+    /// The tag of the request an answer is awaited for.
+    awaiting: Option<u16>,
+    session_id: Option<u64>,
+}
+
+impl ClientSession {
+    /// A client without a secret: only a server without one admits it.
+    pub fn new(login: LoginInfo) -> ClientSession {
+        ClientSession {
+            login,
+            auth: None,
+            state: ClientState::Start,
+            next_tag: 1,
+            awaiting: None,
+            session_id: None,
+        }
+    }
+
+    /// A client that proves `secret` with `nonce` (fresh for each
+    /// connection: [`Nonce::random`]) and accepts only a server that
+    /// proves it too.
+    pub fn with_secret(login: LoginInfo, secret: Secret, nonce: Nonce) -> ClientSession {
+        ClientSession {
+            auth: Some((secret, nonce)),
+            ..ClientSession::new(login)
+        }
+    }
+
+    /// The server's session id, once welcomed.
+    pub fn session_id(&self) -> Option<u64> {
+        self.session_id
+    }
+
+    /// Welcomed, and no CLOSE sent: commands may be sent.
+    pub fn is_established(&self) -> bool {
+        self.state == ClientState::Established
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.state == ClientState::Finished
+    }
+
+    /// Tags run 1, 2, ... 65535, 1: 0 is the server's own.
+    fn take_tag(&mut self) -> u16 {
+        let tag = self.next_tag;
+        self.next_tag = self.next_tag.checked_add(1).unwrap_or(1);
+        tag
+    }
+
+    fn request(
+        &mut self,
+        call: &'static str,
+        allowed: bool,
+        out: &mut Vec<u8>,
+        encode: impl FnOnce(&Self, u16, &mut Vec<u8>) -> Result<(), EncodeError>,
+    ) -> Result<u16, ClientError> {
+        if !allowed || self.awaiting.is_some() {
+            let when = if self.awaiting.is_some() {
+                "while a request is outstanding"
+            } else {
+                self.state.describe()
+            };
+            return Err(ClientError::OutOfTurn { call, when });
+        }
+        encode(self, self.next_tag, out).map_err(ClientError::Encode)?;
+        let tag = self.take_tag();
+        self.awaiting = Some(tag);
+        Ok(tag)
+    }
+
+    /// Appends the LOGIN; returns its tag.
+    pub fn login(&mut self, out: &mut Vec<u8>) -> Result<u16, ClientError> {
+        let allowed = self.state == ClientState::Start;
+        let tag = self.request("login", allowed, out, |s, tag, out| {
+            s.login.encode(tag, out)
+        })?;
+        self.state = ClientState::AwaitLoginReply;
+        Ok(tag)
+    }
+
+    /// Appends a COMMAND; returns its tag (the REPLY's).
+    pub fn command(
+        &mut self,
+        word: &str,
+        args: &[&str],
+        out: &mut Vec<u8>,
+    ) -> Result<u16, ClientError> {
+        let allowed = self.state == ClientState::Established;
+        self.request("command", allowed, out, |_, tag, out| {
+            Message::Command(Command {
+                word,
+                args: Args::new(args),
+            })
+            .encode(tag, out)
+        })
+    }
+
+    /// Appends a CLOSE; [`ClientEvent::Closed`] confirms it.
+    pub fn close(&mut self, out: &mut Vec<u8>) -> Result<u16, ClientError> {
+        let allowed = self.state == ClientState::Established;
+        let tag = self.request("close", allowed, out, |_, tag, out| {
+            Message::Close.encode(tag, out)
+        })?;
+        self.state = ClientState::Closing;
+        Ok(tag)
+    }
+
+    /// Ends the session because of `error`, telling the server why with an
+    /// ERROR `code` (tag `tag`) if there is one.
+    fn fail<'a>(
+        &mut self,
+        tag: u16,
+        code: Option<ErrorCode>,
+        error: ClientError,
+        out: &mut Vec<u8>,
+    ) -> ClientEvent<'a> {
+        if let Some(code) = code {
+            let text = error.to_string();
+            let message = truncate_utf8(&text, ERROR_MESSAGE_MAX);
+            // Cannot fail: a short text in a fixed layout.
+            let _ = Message::Error { code, message }.encode(tag, out);
+        }
+        self.state = ClientState::Finished;
+        self.awaiting = None;
+        ClientEvent::Failed(error)
+    }
+
+    /// Handles one frame from the server; appends what must be sent.
+    pub fn handle<'a>(&mut self, frame: Frame<'a>, out: &mut Vec<u8>) -> ClientEvent<'a> {
+        if self.state == ClientState::Finished {
+            return ClientEvent::Ignored;
+        }
+        let tag = frame.tag;
+        let message = match Message::decode(frame.body) {
+            Ok(message) => message,
+            Err(e) => {
+                return self.fail(
+                    tag,
+                    Some(ErrorCode::MALFORMED),
+                    ClientError::Malformed(e),
+                    out,
+                );
+            }
+        };
+        // Tag 0 is the server speaking on its own: an ERROR or a CLOSE.
+        let unsolicited = tag == 0 && matches!(message, Message::Error { .. } | Message::Close);
+        if !unsolicited && self.awaiting != Some(tag) {
+            let error = ClientError::TagMismatch {
+                expected: self.awaiting,
+                got: tag,
+            };
+            return self.fail(tag, Some(ErrorCode::UNEXPECTED), error, out);
+        }
+        if !unsolicited {
+            self.awaiting = None;
+        }
+        match (self.state, message) {
+            (_, Message::Error { code, message }) => {
+                let error = ClientError::Refused {
+                    code,
+                    message: message.to_owned(),
+                };
+                self.fail(tag, None, error, out)
+            }
+            (_, Message::Close) => {
+                self.state = ClientState::Finished;
+                ClientEvent::Closed
+            }
+            (ClientState::AwaitLoginReply, Message::Challenge { server_nonce }) => {
+                let Some((secret, nonce)) = &self.auth else {
+                    return self.fail(tag, None, ClientError::SecretRequired, out);
+                };
+                if server_nonce == *nonce {
+                    let error = ClientError::EchoedNonce;
+                    return self.fail(tag, Some(ErrorCode::NONCE_REUSED), error, out);
+                }
+                let auth = Message::Auth {
+                    client_nonce: *nonce,
+                    proof: secret.proof(
+                        Direction::ClientToServer,
+                        &server_nonce,
+                        nonce,
+                        &self.login.user,
+                    ),
+                };
+                match self.request("auth", true, out, |_, tag, out| auth.encode(tag, out)) {
+                    Ok(_) => {
+                        self.state = ClientState::AwaitWelcome { server_nonce };
+                        ClientEvent::Continue
+                    }
+                    Err(e) => self.fail(tag, None, e, out),
+                }
+            }
+            (ClientState::AwaitLoginReply, Message::Welcome(welcome)) => {
+                if self.auth.is_some() {
+                    // A server that skips the challenge cannot prove the
+                    // secret: whoever it is, it is not ours.
+                    let error = ClientError::ServerNotAuthenticated;
+                    return self.fail(tag, Some(ErrorCode::AUTH_FAILED), error, out);
+                }
+                self.welcomed(welcome, false)
+            }
+            (ClientState::AwaitWelcome { server_nonce }, Message::Welcome(welcome)) => {
+                let Some((secret, nonce)) = &self.auth else {
+                    return self.fail(tag, None, ClientError::SecretRequired, out);
+                };
+                let proven = welcome.proof.is_some_and(|proof| {
+                    secret.verify(
+                        Direction::ServerToClient,
+                        &server_nonce,
+                        nonce,
+                        &self.login.user,
+                        &proof,
+                    )
+                });
+                if !proven {
+                    let error = if welcome.proof.is_some() {
+                        ClientError::BadServerProof
+                    } else {
+                        ClientError::ServerNotAuthenticated
+                    };
+                    return self.fail(tag, Some(ErrorCode::AUTH_FAILED), error, out);
+                }
+                self.welcomed(welcome, true)
+            }
+            (ClientState::Established, Message::Reply { status, text }) => {
+                ClientEvent::Reply { tag, status, text }
+            }
+            (state, message) => {
+                let error = ClientError::Unexpected {
+                    got: message.name(),
+                    when: state.describe(),
+                };
+                self.fail(tag, Some(ErrorCode::UNEXPECTED), error, out)
+            }
+        }
+    }
+
+    fn welcomed<'a>(&mut self, welcome: Welcome<'a>, authenticated: bool) -> ClientEvent<'a> {
+        self.state = ClientState::Established;
+        self.session_id = Some(welcome.session_id);
+        ClientEvent::Welcome {
+            session_id: welcome.session_id,
+            line: welcome.line,
+            authenticated,
+        }
+    }
+
+    /// The error for a stream that is not eAS0 frames ([`Frame::decode`]'s
+    /// error); ends the session. Nothing is sent: close.
+    pub fn frame_error(&mut self, error: FrameError) -> ClientError {
+        self.state = ClientState::Finished;
+        self.awaiting = None;
+        ClientError::Frame(error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1668,5 +2663,987 @@ mod tests {
             e.to_string(),
             "REPLY text: the body would be 65537 bytes, over the 65536-byte frame limit"
         );
+    }
+
+    // -- Sessions ------------------------------------------------------------
+
+    const SERVER_NONCE: Nonce = Nonce([0x53; NONCE_LEN]);
+    const CLIENT_NONCE: Nonce = Nonce([0xc1; NONCE_LEN]);
+    const SECRET: &[u8] = b"correct horse battery staple";
+
+    fn secret(bytes: &[u8]) -> Secret {
+        Secret::new(bytes).unwrap()
+    }
+
+    fn ops() -> LoginInfo {
+        LoginInfo {
+            user: "ops".into(),
+            host: Some("pxe1".into()),
+            pid: Some("4242".into()),
+            app: Some("uftpd-stat".into()),
+        }
+    }
+
+    /// Every frame of `wire`, which must be whole frames only.
+    fn frames(wire: &[u8]) -> Vec<Frame<'_>> {
+        let mut at = 0;
+        let mut all = Vec::new();
+        while at < wire.len() {
+            let (frame, len) = whole(&wire[at..]);
+            all.push(frame);
+            at += len;
+        }
+        all
+    }
+
+    fn messages(wire: &[u8]) -> Vec<(u16, Message<'_>)> {
+        frames(wire)
+            .into_iter()
+            .map(|f| (f.tag, Message::decode(f.body).unwrap()))
+            .collect()
+    }
+
+    /// Feeds `wire` to the server one byte at a time, as a slow TCP stream
+    /// would, and returns its events (owned) and what it sent.
+    fn to_server(server: &mut ServerSession, wire: &[u8]) -> (Vec<String>, Vec<u8>) {
+        let (mut inbox, mut out, mut events) = (Vec::new(), Vec::new(), Vec::new());
+        for &byte in wire {
+            inbox.push(byte);
+            if let Ok(Decoded::Frame { frame, len }) = Frame::decode(&inbox) {
+                let event = server.handle(frame, &mut out);
+                if let ServerEvent::Command { tag, command } = &event {
+                    let text = format!("report {}", command.args.iter().count());
+                    server
+                        .reply(*tag, ReplyStatus::OK, &text, &mut out)
+                        .unwrap();
+                }
+                events.push(format!("{event:?}"));
+                inbox.drain(..len);
+            }
+        }
+        assert!(inbox.is_empty());
+        (events, out)
+    }
+
+    fn to_client<'w>(
+        client: &mut ClientSession,
+        wire: &'w [u8],
+    ) -> (Vec<ClientEvent<'w>>, Vec<u8>) {
+        let mut out = Vec::new();
+        let events = frames(wire)
+            .into_iter()
+            .map(|frame| client.handle(frame, &mut out))
+            .collect();
+        (events, out)
+    }
+
+    #[test]
+    fn without_a_secret_login_is_welcomed_at_once() {
+        let mut server = ServerSession::new(3, "uftpd stats");
+        let mut client = ClientSession::new(ops());
+        let mut wire = Vec::new();
+        assert_eq!(client.login(&mut wire), Ok(1));
+        let (events, answer) = to_server(&mut server, &wire);
+        assert_eq!(events, ["LoggedIn"]);
+        assert_eq!(server.peer(), Some(&ops()));
+        assert!(server.is_established() && !server.is_authenticated());
+        let (events, sent) = to_client(&mut client, &answer);
+        assert_eq!(
+            events,
+            [ClientEvent::Welcome {
+                session_id: 3,
+                line: "uftpd stats",
+                authenticated: false
+            }]
+        );
+        assert!(sent.is_empty());
+        assert_eq!(client.session_id(), Some(3));
+
+        // Commands, any number of times, each answered under its tag.
+        for (n, args) in [&[][..], &["a"], &["a", "b"]].into_iter().enumerate() {
+            let mut wire = Vec::new();
+            let tag = client.command(COMMAND_REPORT, args, &mut wire).unwrap();
+            assert_eq!(tag as usize, 2 + n);
+            let (events, answer) = to_server(&mut server, &wire);
+            assert_eq!(events.len(), 1);
+            assert!(events[0].starts_with(&format!(
+                "Command {{ tag: {tag}, command: Command {{ word: \"report\""
+            )));
+            let text = format!("report {}", args.len());
+            let (events, _) = to_client(&mut client, &answer);
+            assert_eq!(
+                events,
+                [ClientEvent::Reply {
+                    tag,
+                    status: ReplyStatus::OK,
+                    text: &text
+                }]
+            );
+        }
+
+        let mut wire = Vec::new();
+        let tag = client.close(&mut wire).unwrap();
+        let (events, answer) = to_server(&mut server, &wire);
+        assert_eq!(events, ["Closed"]);
+        assert_eq!(messages(&answer), [(tag, Message::Close)]);
+        assert!(server.is_finished());
+        assert_eq!(to_client(&mut client, &answer).0, [ClientEvent::Closed]);
+        assert!(client.is_finished());
+        // After the end, frames are dropped and nothing is sent.
+        let mut out = Vec::new();
+        assert_eq!(
+            server.handle(frames(&wire)[0], &mut out),
+            ServerEvent::Ignored
+        );
+        assert_eq!(
+            client.handle(frames(&answer)[0], &mut out),
+            ClientEvent::Ignored
+        );
+        assert!(out.is_empty());
+    }
+
+    /// Runs the handshake; returns the server's events, the client's last
+    /// event and every byte that crossed the wire.
+    fn handshake(
+        server: &mut ServerSession,
+        client: &mut ClientSession,
+    ) -> (Vec<String>, String, Vec<u8>) {
+        let mut transcript = Vec::new();
+        let mut wire = Vec::new();
+        client.login(&mut wire).unwrap();
+        let mut server_events = Vec::new();
+        let mut last = String::new();
+        for _ in 0..3 {
+            if wire.is_empty() {
+                break;
+            }
+            transcript.extend_from_slice(&wire);
+            let (events, answer) = to_server(server, &wire);
+            server_events.extend(events);
+            transcript.extend_from_slice(&answer);
+            let (events, reply) = to_client(client, &answer);
+            if let Some(event) = events.last() {
+                last = format!("{event:?}");
+            }
+            wire = reply;
+        }
+        transcript.extend_from_slice(&wire);
+        (server_events, last, transcript)
+    }
+
+    #[test]
+    fn the_right_secret_opens_a_mutually_authenticated_session() {
+        let mut server = ServerSession::with_secret(9, "hi", secret(SECRET), SERVER_NONCE);
+        let mut client = ClientSession::with_secret(ops(), secret(SECRET), CLIENT_NONCE);
+        let (server_events, last, transcript) = handshake(&mut server, &mut client);
+        assert_eq!(server_events, ["Continue", "LoggedIn"]);
+        assert_eq!(
+            last,
+            "Welcome { session_id: 9, line: \"hi\", authenticated: true }"
+        );
+        assert!(server.is_authenticated());
+        assert_eq!(server.peer(), Some(&ops()));
+        assert!(client.is_established());
+
+        // LOGIN, CHALLENGE, AUTH, WELCOME, with the proofs of the docs.
+        let s = secret(SECRET);
+        let sent = messages(&transcript);
+        let types: Vec<_> = sent.iter().map(|(tag, m)| (*tag, m.name())).collect();
+        assert_eq!(
+            types,
+            [(1, "LOGIN"), (1, "CHALLENGE"), (2, "AUTH"), (2, "WELCOME")]
+        );
+        assert_eq!(
+            sent[2].1,
+            Message::Auth {
+                client_nonce: CLIENT_NONCE,
+                proof: s.proof(
+                    Direction::ClientToServer,
+                    &SERVER_NONCE,
+                    &CLIENT_NONCE,
+                    "ops"
+                ),
+            }
+        );
+        let Message::Welcome(welcome) = sent[3].1 else {
+            panic!()
+        };
+        assert_eq!(
+            welcome.proof,
+            Some(s.proof(
+                Direction::ServerToClient,
+                &SERVER_NONCE,
+                &CLIENT_NONCE,
+                "ops"
+            ))
+        );
+        // The two directions never share a proof.
+        assert_ne!(
+            welcome.proof,
+            Some(s.proof(
+                Direction::ClientToServer,
+                &SERVER_NONCE,
+                &CLIENT_NONCE,
+                "ops"
+            ))
+        );
+        // The secret never crosses the wire, nor does its hex.
+        let hex: String = SECRET.iter().map(|b| format!("{b:02x}")).collect();
+        for needle in [SECRET, hex.as_bytes(), &SECRET[..8]] {
+            assert!(!transcript.windows(needle.len()).any(|w| w == needle));
+        }
+
+        // And the session works.
+        let mut wire = Vec::new();
+        let tag = client.command(COMMAND_REPORT, &[], &mut wire).unwrap();
+        let (_, answer) = to_server(&mut server, &wire);
+        assert!(matches!(
+            to_client(&mut client, &answer).0[..],
+            [ClientEvent::Reply { tag: t, status: ReplyStatus::OK, .. }] if t == tag
+        ));
+    }
+
+    #[test]
+    fn a_wrong_secret_is_refused() {
+        let mut server = ServerSession::with_secret(9, "hi", secret(SECRET), SERVER_NONCE);
+        let mut client = ClientSession::with_secret(
+            ops(),
+            secret(b"Correct horse battery staple"),
+            CLIENT_NONCE,
+        );
+        let (server_events, last, transcript) = handshake(&mut server, &mut client);
+        assert_eq!(
+            server_events,
+            [
+                "Continue",
+                "Refused { code: ErrorCode(4), message: \"authentication failed\" }"
+            ]
+        );
+        assert_eq!(
+            last,
+            "Failed(Refused { code: ErrorCode(4), message: \"authentication failed\" })"
+        );
+        assert!(server.is_finished() && server.peer().is_none() && !server.is_authenticated());
+        assert!(client.is_finished());
+        // The refusal answers the AUTH's tag.
+        assert_eq!(
+            messages(&transcript).last(),
+            Some(&(
+                2,
+                Message::Error {
+                    code: ErrorCode::AUTH_FAILED,
+                    message: "authentication failed"
+                }
+            ))
+        );
+        let error = ClientError::Refused {
+            code: ErrorCode::AUTH_FAILED,
+            message: "authentication failed".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "the server refused: authentication failed (code 4); wrong secret?"
+        );
+        // A proof for another user does not pass either.
+        let mut server = ServerSession::with_secret(9, "hi", secret(SECRET), SERVER_NONCE);
+        let mut wire = Vec::new();
+        ClientSession::new(LoginInfo::new("mallory"))
+            .login(&mut wire)
+            .unwrap();
+        let proof = secret(SECRET).proof(
+            Direction::ClientToServer,
+            &SERVER_NONCE,
+            &CLIENT_NONCE,
+            "ops",
+        );
+        Message::Auth {
+            client_nonce: CLIENT_NONCE,
+            proof,
+        }
+        .encode(2, &mut wire)
+        .unwrap();
+        let (events, _) = to_server(&mut server, &wire);
+        assert_eq!(
+            events[1],
+            "Refused { code: ErrorCode(4), message: \"authentication failed\" }"
+        );
+    }
+
+    #[test]
+    fn an_echoed_nonce_is_refused_before_the_proof_is_looked_at() {
+        // The attacker sends our challenge back as its nonce. Even with a
+        // proof that verifies (as if it had the secret), it is refused.
+        let s = secret(SECRET);
+        let mut server = ServerSession::with_secret(9, "hi", s.clone(), SERVER_NONCE);
+        let mut wire = Vec::new();
+        ClientSession::new(LoginInfo::new("ops"))
+            .login(&mut wire)
+            .unwrap();
+        let proof = s.proof(
+            Direction::ClientToServer,
+            &SERVER_NONCE,
+            &SERVER_NONCE,
+            "ops",
+        );
+        Message::Auth {
+            client_nonce: SERVER_NONCE,
+            proof,
+        }
+        .encode(2, &mut wire)
+        .unwrap();
+        let (events, answer) = to_server(&mut server, &wire);
+        assert_eq!(
+            events,
+            [
+                "Continue",
+                "Refused { code: ErrorCode(5), message: \"the client nonce is the server's own\" }"
+            ]
+        );
+        assert!(matches!(
+            messages(&answer)[1],
+            (
+                2,
+                Message::Error {
+                    code: ErrorCode::NONCE_REUSED,
+                    ..
+                }
+            )
+        ));
+        assert!(server.peer().is_none());
+
+        // The client refuses a challenge that echoes its own nonce.
+        let mut client = ClientSession::with_secret(ops(), s, CLIENT_NONCE);
+        client.login(&mut Vec::new()).unwrap();
+        let mut challenge = Vec::new();
+        Message::Challenge {
+            server_nonce: CLIENT_NONCE,
+        }
+        .encode(1, &mut challenge)
+        .unwrap();
+        let (events, sent) = to_client(&mut client, &challenge);
+        assert_eq!(events, [ClientEvent::Failed(ClientError::EchoedNonce)]);
+        assert!(matches!(
+            messages(&sent)[..],
+            [(
+                1,
+                Message::Error {
+                    code: ErrorCode::NONCE_REUSED,
+                    ..
+                }
+            )]
+        ));
+    }
+
+    fn encoded(tag: u16, message: Message<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        message.encode(tag, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn out_of_order_messages_are_refused() {
+        let login = encoded(
+            1,
+            Message::Login(Login {
+                user: "ops",
+                fields: Fields::NONE,
+            }),
+        );
+        let auth = encoded(
+            2,
+            Message::Auth {
+                client_nonce: CLIENT_NONCE,
+                proof: [0; 32],
+            },
+        );
+        let command = encoded(
+            3,
+            Message::Command(Command {
+                word: "report",
+                args: Args::NONE,
+            }),
+        );
+        let welcome = encoded(
+            4,
+            Message::Welcome(Welcome {
+                session_id: 1,
+                proof: None,
+                line: "",
+            }),
+        );
+        let reply = encoded(
+            5,
+            Message::Reply {
+                status: ReplyStatus::OK,
+                text: "",
+            },
+        );
+        let challenge = encoded(
+            6,
+            Message::Challenge {
+                server_nonce: CLIENT_NONCE,
+            },
+        );
+        let open = || ServerSession::new(1, "w");
+        let locked = || ServerSession::with_secret(1, "w", secret(SECRET), SERVER_NONCE);
+        let cases: Vec<(ServerSession, Vec<u8>, &str)> = vec![
+            (
+                open(),
+                command.clone(),
+                "COMMAND is not expected before LOGIN",
+            ),
+            (open(), auth.clone(), "AUTH is not expected before LOGIN"),
+            (
+                open(),
+                [&login[..], &auth].concat(),
+                "AUTH is not expected in an open session",
+            ),
+            (
+                open(),
+                [&login[..], &login].concat(),
+                "LOGIN is not expected in an open session",
+            ),
+            (
+                locked(),
+                [&login[..], &command].concat(),
+                "COMMAND is not expected after CHALLENGE (AUTH expected)",
+            ),
+            (
+                locked(),
+                [&login[..], &login].concat(),
+                "LOGIN is not expected after CHALLENGE (AUTH expected)",
+            ),
+            (
+                locked(),
+                command.clone(),
+                "COMMAND is not expected before LOGIN",
+            ),
+            (
+                open(),
+                welcome.clone(),
+                "WELCOME is not expected before LOGIN",
+            ),
+            (
+                open(),
+                [&login[..], &reply].concat(),
+                "REPLY is not expected in an open session",
+            ),
+            (
+                locked(),
+                challenge.clone(),
+                "CHALLENGE is not expected before LOGIN",
+            ),
+        ];
+        for (mut server, wire, why) in cases {
+            let all = frames(&wire);
+            let last = *all.last().unwrap();
+            let (events, answer) = to_server(&mut server, &wire);
+            assert_eq!(
+                events.last().unwrap(),
+                &format!("Refused {{ code: ErrorCode(2), message: \"{why}\" }}")
+            );
+            assert_eq!(
+                messages(&answer).last(),
+                Some(&(
+                    last.tag,
+                    Message::Error {
+                        code: ErrorCode::UNEXPECTED,
+                        message: why
+                    }
+                ))
+            );
+            assert!(server.is_finished());
+            assert!(!server.is_established());
+            // The listener closes; anything else that arrives is dropped.
+            let mut out = Vec::new();
+            assert_eq!(server.handle(last, &mut out), ServerEvent::Ignored);
+            assert!(out.is_empty());
+        }
+
+        // A body that does not decode, another version, a bad stream.
+        let mut server = open();
+        let (events, answer) = to_server(&mut server, b"eAS0\x02\x00\x00\x00\x07\x00\x01\x01");
+        assert_eq!(
+            events,
+            [
+                "Refused { code: ErrorCode(1), message: \"LOGIN user (body byte 2): needs 4 bytes, 0 left in the body\" }"
+            ]
+        );
+        assert_eq!(messages(&answer)[0].0, 7);
+        let mut server = open();
+        let (events, _) = to_server(
+            &mut server,
+            b"eAS0\x07\x00\x00\x00\x01\x00\x01\x02\x01\x00\x00\x00u",
+        );
+        assert_eq!(
+            events,
+            [
+                "Refused { code: ErrorCode(3), message: \"LOGIN version (body byte 1): protocol version 2, this side speaks 1\" }"
+            ]
+        );
+        let mut server = open();
+        let mut out = Vec::new();
+        let Err(bad) = Frame::decode(b"GET / HTTP/1.1\r\n") else {
+            panic!()
+        };
+        let event = server.refuse_frame(&bad, &mut out);
+        assert!(matches!(
+            event,
+            ServerEvent::Refused {
+                code: ErrorCode::MALFORMED,
+                ..
+            }
+        ));
+        assert_eq!(
+            messages(&out),
+            [(
+                0,
+                Message::Error {
+                    code: ErrorCode::MALFORMED,
+                    message: "not an eAS0 frame: byte 0 is 0x47 where the magic \"eAS0\" has 0x65"
+                }
+            )]
+        );
+        // The listener's own refusals, and a client's ERROR or CLOSE at any point.
+        let mut server = locked();
+        let mut out = Vec::new();
+        server.refuse(0, ErrorCode::BUSY, "too many connections", &mut out);
+        assert!(server.is_finished());
+        assert_eq!(
+            messages(&out)[0].1,
+            Message::Error {
+                code: ErrorCode::BUSY,
+                message: "too many connections"
+            }
+        );
+        let mut server = locked();
+        let (events, answer) = to_server(
+            &mut server,
+            &[&login[..], &encoded(2, Message::Close)].concat(),
+        );
+        assert_eq!(events, ["Continue", "Closed"]);
+        assert_eq!(messages(&answer)[1], (2, Message::Close));
+        let mut server = open();
+        let error = encoded(
+            1,
+            Message::Error {
+                code: ErrorCode::AUTH_FAILED,
+                message: "bye",
+            },
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            server.handle(frames(&error)[0], &mut out),
+            ServerEvent::PeerError {
+                code: ErrorCode::AUTH_FAILED,
+                message: "bye"
+            }
+        );
+        assert!(out.is_empty() && server.is_finished());
+    }
+
+    /// A server that does not know the secret, following a script.
+    fn impostor_answers(
+        client: &mut ClientSession,
+        answers: &[Vec<u8>],
+    ) -> (ClientEvent<'static>, Vec<u8>) {
+        let mut sent = Vec::new();
+        client.login(&mut sent).unwrap();
+        let mut last = ClientEvent::Continue;
+        for answer in answers {
+            let (events, out) = to_client(client, answer);
+            sent.extend_from_slice(&out);
+            last = match events.into_iter().last().unwrap() {
+                ClientEvent::Failed(e) => ClientEvent::Failed(e),
+                ClientEvent::Continue => ClientEvent::Continue,
+                other => panic!("the impostor got through: {other:?}"),
+            };
+        }
+        (last, sent)
+    }
+
+    #[test]
+    fn a_client_never_accepts_a_server_without_the_secret() {
+        let mine = || ClientSession::with_secret(ops(), secret(SECRET), CLIENT_NONCE);
+        let challenge = encoded(
+            1,
+            Message::Challenge {
+                server_nonce: SERVER_NONCE,
+            },
+        );
+        let welcome = |proof| {
+            encoded(
+                2,
+                Message::Welcome(Welcome {
+                    session_id: 1,
+                    proof,
+                    line: "trust me",
+                }),
+            )
+        };
+
+        // A real server with another secret refuses our AUTH.
+        let mut server =
+            ServerSession::with_secret(9, "hi", secret(b"another secret"), SERVER_NONCE);
+        let mut client = mine();
+        let (_, last, _) = handshake(&mut server, &mut client);
+        assert!(
+            last.starts_with("Failed(Refused { code: ErrorCode(4)"),
+            "{last}"
+        );
+
+        // A server that waves our AUTH through with a proof of its own secret.
+        let theirs = secret(b"another secret").proof(
+            Direction::ServerToClient,
+            &SERVER_NONCE,
+            &CLIENT_NONCE,
+            "ops",
+        );
+        let (event, sent) =
+            impostor_answers(&mut mine(), &[challenge.clone(), welcome(Some(theirs))]);
+        assert_eq!(event, ClientEvent::Failed(ClientError::BadServerProof));
+        // The client tells it why, under the WELCOME's tag.
+        assert!(matches!(
+            messages(&sent).last(),
+            Some((
+                2,
+                Message::Error {
+                    code: ErrorCode::AUTH_FAILED,
+                    ..
+                }
+            ))
+        ));
+
+        // One that reflects our own proof back: the labels differ.
+        let ours = secret(SECRET).proof(
+            Direction::ClientToServer,
+            &SERVER_NONCE,
+            &CLIENT_NONCE,
+            "ops",
+        );
+        let (event, _) = impostor_answers(&mut mine(), &[challenge.clone(), welcome(Some(ours))]);
+        assert_eq!(event, ClientEvent::Failed(ClientError::BadServerProof));
+
+        // One that welcomes without a proof, after AUTH or instead of CHALLENGE.
+        let (event, _) = impostor_answers(&mut mine(), &[challenge.clone(), welcome(None)]);
+        assert_eq!(
+            event,
+            ClientEvent::Failed(ClientError::ServerNotAuthenticated)
+        );
+        let early = encoded(
+            1,
+            Message::Welcome(Welcome {
+                session_id: 1,
+                proof: None,
+                line: "",
+            }),
+        );
+        let (event, _) = impostor_answers(&mut mine(), &[early]);
+        assert_eq!(
+            event,
+            ClientEvent::Failed(ClientError::ServerNotAuthenticated)
+        );
+
+        // A proof from a real server for another client's nonces.
+        let replayed = secret(SECRET).proof(
+            Direction::ServerToClient,
+            &SERVER_NONCE,
+            &Nonce([7; 32]),
+            "ops",
+        );
+        let (event, _) =
+            impostor_answers(&mut mine(), &[challenge.clone(), welcome(Some(replayed))]);
+        assert_eq!(event, ClientEvent::Failed(ClientError::BadServerProof));
+
+        // A client without a secret, challenged, says what it lacks.
+        let mut client = ClientSession::new(ops());
+        let (event, sent) = impostor_answers(&mut client, &[challenge]);
+        assert_eq!(event, ClientEvent::Failed(ClientError::SecretRequired));
+        assert_eq!(messages(&sent).len(), 1, "only the LOGIN went out");
+        assert_eq!(
+            ClientError::SecretRequired.to_string(),
+            "the server requires a secret (--secret-file)"
+        );
+    }
+
+    #[test]
+    fn the_client_keeps_to_its_turn_and_its_tags() {
+        let mut client = ClientSession::new(ops());
+        let mut out = Vec::new();
+        assert_eq!(
+            client.command("report", &[], &mut out),
+            Err(ClientError::OutOfTurn {
+                call: "command",
+                when: "before LOGIN"
+            })
+        );
+        client.login(&mut out).unwrap();
+        assert_eq!(
+            client.login(&mut out),
+            Err(ClientError::OutOfTurn {
+                call: "login",
+                when: "while a request is outstanding"
+            })
+        );
+        // An answer under the wrong tag.
+        let mistagged = encoded(
+            7,
+            Message::Welcome(Welcome {
+                session_id: 1,
+                proof: None,
+                line: "",
+            }),
+        );
+        let (events, sent) = to_client(&mut client, &mistagged);
+        assert_eq!(
+            events,
+            [ClientEvent::Failed(ClientError::TagMismatch {
+                expected: Some(1),
+                got: 7
+            })]
+        );
+        assert!(matches!(
+            messages(&sent)[..],
+            [(
+                7,
+                Message::Error {
+                    code: ErrorCode::UNEXPECTED,
+                    ..
+                }
+            )]
+        ));
+
+        // Open a session; then one request at a time.
+        let mut server = ServerSession::new(1, "");
+        let mut client = ClientSession::new(ops());
+        let mut wire = Vec::new();
+        client.login(&mut wire).unwrap();
+        let (_, answer) = to_server(&mut server, &wire);
+        to_client(&mut client, &answer);
+        let mut out = Vec::new();
+        assert_eq!(client.command("report", &[], &mut out), Ok(2));
+        assert!(matches!(
+            client.command("report", &[], &mut out),
+            Err(ClientError::OutOfTurn { .. })
+        ));
+        assert!(matches!(
+            client.close(&mut out),
+            Err(ClientError::OutOfTurn { .. })
+        ));
+        // A bad request is refused without spending a tag or a turn.
+        let mut idle = ClientSession::new(ops());
+        idle.state = ClientState::Established;
+        assert!(matches!(
+            idle.command("", &[], &mut out),
+            Err(ClientError::Encode(EncodeError::Invalid(_)))
+        ));
+        assert_eq!(idle.command("report", &[], &mut Vec::new()), Ok(1));
+        // A REPLY nobody asked for.
+        let stray = encoded(
+            3,
+            Message::Reply {
+                status: ReplyStatus::OK,
+                text: "",
+            },
+        );
+        let (events, _) = to_client(&mut client, &stray);
+        assert_eq!(
+            events,
+            [ClientEvent::Failed(ClientError::TagMismatch {
+                expected: Some(2),
+                got: 3
+            })]
+        );
+
+        // The server speaking on its own (tag 0): ERROR or CLOSE, any time.
+        let mut client = ClientSession::new(ops());
+        client.login(&mut Vec::new()).unwrap();
+        let busy = encoded(
+            0,
+            Message::Error {
+                code: ErrorCode::BUSY,
+                message: "too many connections",
+            },
+        );
+        assert_eq!(
+            to_client(&mut client, &busy).0,
+            [ClientEvent::Failed(ClientError::Refused {
+                code: ErrorCode::BUSY,
+                message: "too many connections".into()
+            })]
+        );
+        let mut client = ClientSession::new(ops());
+        client.state = ClientState::Established;
+        assert_eq!(
+            to_client(&mut client, &encoded(0, Message::Close)).0,
+            [ClientEvent::Closed]
+        );
+        // Any other tag-0 frame is not an answer to anything.
+        let mut client = ClientSession::new(ops());
+        client.state = ClientState::Established;
+        assert!(matches!(
+            to_client(
+                &mut client,
+                &encoded(
+                    0,
+                    Message::Reply {
+                        status: ReplyStatus::OK,
+                        text: ""
+                    }
+                )
+            )
+            .0[..],
+            [ClientEvent::Failed(ClientError::TagMismatch {
+                expected: None,
+                got: 0
+            })]
+        ));
+
+        // Tags wrap past 65535 to 1, never 0.
+        let mut client = ClientSession::new(ops());
+        client.state = ClientState::Established;
+        client.next_tag = u16::MAX;
+        let mut out = Vec::new();
+        assert_eq!(client.command("report", &[], &mut out), Ok(u16::MAX));
+        client.awaiting = None;
+        assert_eq!(client.command("report", &[], &mut out), Ok(1));
+
+        // A body the client cannot decode, and a bad stream.
+        let mut client = ClientSession::new(ops());
+        client.login(&mut Vec::new()).unwrap();
+        let (events, sent) = to_client(&mut client, b"eAS0\x01\x00\x00\x00\x01\x00\x63");
+        assert!(matches!(
+            events[..],
+            [ClientEvent::Failed(ClientError::Malformed(_))]
+        ));
+        assert!(matches!(
+            messages(&sent)[..],
+            [(
+                1,
+                Message::Error {
+                    code: ErrorCode::MALFORMED,
+                    ..
+                }
+            )]
+        ));
+        let mut client = ClientSession::new(ops());
+        let e = client.frame_error(FrameError::TooLong { len: u32::MAX });
+        assert_eq!(
+            e.to_string(),
+            "protocol error: frame body of 4294967295 bytes is over the 65536-byte limit"
+        );
+        assert!(client.is_finished());
+    }
+
+    #[test]
+    fn sessions_survive_any_frame_in_any_state() {
+        let mut next = rng(0x9e37_79b9_7f4a_7c15);
+        let mut buf = Vec::new();
+        let samples = samples();
+        let (mut refused, mut handled) = (0u32, 0u32);
+        for round in 0..20_000u64 {
+            // A session driven some way into its handshake...
+            let locked = round.is_multiple_of(2);
+            let mut server = if locked {
+                ServerSession::with_secret(1, "w", secret(SECRET), SERVER_NONCE)
+            } else {
+                ServerSession::new(1, "w")
+            };
+            let mut client = if locked {
+                ClientSession::with_secret(ops(), secret(SECRET), CLIENT_NONCE)
+            } else {
+                ClientSession::new(ops())
+            };
+            let mut wire = Vec::new();
+            client.login(&mut wire).unwrap();
+            for _ in 0..(round / 2) % 3 {
+                let (_, answer) = to_server(&mut server, &wire);
+                let (_, reply) = to_client(&mut client, &answer);
+                wire = reply;
+            }
+            // ...then fed garbage or a valid message under a random tag.
+            let r = next();
+            if r.is_multiple_of(3) {
+                garbage_body(&mut next, &mut buf);
+            } else {
+                buf = body_of(&samples[(r >> 8) as usize % samples.len()]);
+            }
+            let frame = Frame {
+                tag: (r >> 32) as u16 % 4,
+                body: &buf,
+            };
+            let mut out = Vec::new();
+            match server.handle(frame, &mut out) {
+                ServerEvent::Refused { .. } => refused += 1,
+                _ => handled += 1,
+            }
+            // What a session sends is always whole, valid frames.
+            messages(&out);
+            out.clear();
+            let _ = client.handle(frame, &mut out);
+            messages(&out);
+        }
+        assert!(
+            refused > 5_000 && handled > 1_000,
+            "{refused} refused, {handled} handled"
+        );
+    }
+
+    #[test]
+    fn secrets_and_nonces() {
+        assert_eq!(Secret::new(b"").unwrap_err(), SecretError::Empty);
+        assert_eq!(
+            Secret::from_file_contents(b"\n").unwrap_err(),
+            SecretError::Empty
+        );
+        assert_eq!(
+            Secret::from_file_contents(b"").unwrap_err(),
+            SecretError::Empty
+        );
+        let (s, n, c) = (SERVER_NONCE, CLIENT_NONCE, Direction::ClientToServer);
+        let reference = secret(b"hunter2").proof(c, &s, &n, "ops");
+        for contents in [
+            &b"hunter2"[..],
+            b"hunter2\n",
+            b"hunter2\r\n",
+            b"hunter2\n\n",
+        ] {
+            let from_file = Secret::from_file_contents(contents).unwrap();
+            assert_eq!(from_file.proof(c, &s, &n, "ops"), reference);
+            assert!(from_file.verify(c, &s, &n, "ops", &reference));
+        }
+        // Only line endings go: inner and leading whitespace is secret.
+        let spaced = Secret::from_file_contents(b" hunter2 \n").unwrap();
+        assert_ne!(spaced.proof(c, &s, &n, "ops"), reference);
+        // Any change of input changes the proof.
+        let other = [
+            secret(b"hunter2").proof(Direction::ServerToClient, &s, &n, "ops"),
+            secret(b"hunter2").proof(c, &n, &s, "ops"),
+            secret(b"hunter2").proof(c, &s, &n, "opS"),
+            secret(b"hunter3").proof(c, &s, &n, "ops"),
+        ];
+        assert!(other.iter().all(|p| *p != reference));
+        assert!(!secret(b"hunter2").verify(c, &s, &n, "ops", &other[0]));
+        assert_eq!(format!("{:?}", secret(b"hunter2")), "Secret(..)");
+
+        let (a, b) = (Nonce::random().unwrap(), Nonce::random().unwrap());
+        assert_ne!(a, b);
+        assert_ne!(a, Nonce([0; NONCE_LEN]));
+        assert_eq!(
+            format!("{:?}", Nonce([0xab; 32])),
+            format!("Nonce({})", "ab".repeat(32))
+        );
+
+        // A user of a frame's length still fits the MAC's length field.
+        let long = "u".repeat(FRAME_BODY_MAX);
+        assert_eq!(
+            proof_input(c, &s, &n, &long).len(),
+            CLIENT_PROOF_LABEL.len() + 68 + FRAME_BODY_MAX
+        );
+        assert_eq!(truncate_utf8("h\u{e9}llo", 2), "h");
+        assert_eq!(truncate_utf8("h\u{e9}llo", 3), "h\u{e9}");
+        assert_eq!(truncate_utf8("ok", 10), "ok");
+        let server = ServerSession::new(1, &"\u{e9}".repeat(WELCOME_LINE_MAX));
+        assert_eq!(server.welcome.len(), WELCOME_LINE_MAX);
     }
 }
