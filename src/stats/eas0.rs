@@ -1,8 +1,8 @@
 //! eAS0: the stats endpoint's wire protocol, as pure code (no sockets, no
 //! threads, no clock). Bytes in, bytes and events out; the TCP listener
 //! and the `uftpd-stat` client move the bytes. The protocol itself, field
-//! by field with byte-exact examples, is `docs/eas0.md`; this page is the
-//! API.
+//! by field with byte-exact examples, is `docs/eas0.md` (a test builds
+//! each example and compares it with the document); this page is the API.
 //!
 //! # Frames
 //!
@@ -2706,13 +2706,26 @@ mod tests {
     /// Feeds `wire` to the server one byte at a time, as a slow TCP stream
     /// would, and returns its events (owned) and what it sent.
     fn to_server(server: &mut ServerSession, wire: &[u8]) -> (Vec<String>, Vec<u8>) {
+        to_server_replying(server, wire, None)
+    }
+
+    /// [`to_server`], answering each command with `report` (by default,
+    /// `report N` for N arguments).
+    fn to_server_replying(
+        server: &mut ServerSession,
+        wire: &[u8],
+        report: Option<&str>,
+    ) -> (Vec<String>, Vec<u8>) {
         let (mut inbox, mut out, mut events) = (Vec::new(), Vec::new(), Vec::new());
         for &byte in wire {
             inbox.push(byte);
             if let Ok(Decoded::Frame { frame, len }) = Frame::decode(&inbox) {
                 let event = server.handle(frame, &mut out);
                 if let ServerEvent::Command { tag, command } = &event {
-                    let text = format!("report {}", command.args.iter().count());
+                    let text = report.map_or_else(
+                        || format!("report {}", command.args.iter().count()),
+                        str::to_owned,
+                    );
                     server
                         .reply(*tag, ReplyStatus::OK, &text, &mut out)
                         .unwrap();
@@ -3645,5 +3658,217 @@ mod tests {
         assert_eq!(truncate_utf8("ok", 10), "ok");
         let server = ServerSession::new(1, &"\u{e9}".repeat(WELCOME_LINE_MAX));
         assert_eq!(server.welcome.len(), WELCOME_LINE_MAX);
+    }
+
+    // -- docs/eas0.md ------------------------------------------------------
+
+    const DOC: &str = include_str!("../../docs/eas0.md");
+    /// The inputs of the documented session.
+    const DOC_SECRET: &[u8] = b"correct horse battery staple";
+    /// The capture's report, first lines.
+    const DOC_REPORT: &str = "eAss---Srvr: CommandCnt: 1 ReplyCnt: 0 RepliesPosted: 0 ReplyPolls: 0 Accepts: 1 Connections: 1\nRate: 666.8 Mbits/s\n";
+    const DOC_SERVER_NONCE: Nonce = Nonce([
+        0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e,
+        0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d,
+        0x1e, 0x1f,
+    ]);
+    const DOC_CLIENT_NONCE: Nonce = Nonce([
+        0xe0, 0xe1, 0xe2, 0xe3, 0xe4, 0xe5, 0xe6, 0xe7, 0xe8, 0xe9, 0xea, 0xeb, 0xec, 0xed, 0xee,
+        0xef, 0xf0, 0xf1, 0xf2, 0xf3, 0xf4, 0xf5, 0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd,
+        0xfe, 0xff,
+    ]);
+
+    fn hex_lines(bytes: &[u8]) -> String {
+        bytes
+            .chunks(16)
+            .map(|line| {
+                line.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every example of docs/eas0.md, by name: the frames of a session run
+    /// by the two state machines with the documented inputs, the MAC inputs
+    /// and outputs, and a few frames the session does not produce.
+    fn doc_examples() -> Vec<(&'static str, Vec<u8>)> {
+        let login = LoginInfo {
+            user: "ops".into(),
+            host: Some("pxe1".into()),
+            pid: Some("4242".into()),
+            app: Some("uftpd-stat".into()),
+        };
+        let mut server = ServerSession::with_secret(
+            7,
+            "uftpd 0.1.0 stats",
+            secret(DOC_SECRET),
+            DOC_SERVER_NONCE,
+        );
+        let mut client =
+            ClientSession::with_secret(login.clone(), secret(DOC_SECRET), DOC_CLIENT_NONCE);
+        let mut examples = Vec::new();
+        let mut request = Vec::new();
+        client.login(&mut request).unwrap();
+        let mut report = false;
+        for name in ["login", "auth", "command", "close"] {
+            examples.push((name, request.clone()));
+            let (_, answer) = to_server_replying(&mut server, &request, Some(DOC_REPORT));
+            let answer_name = match name {
+                "login" => "challenge",
+                "auth" => "welcome",
+                "command" => "reply",
+                _ => "close-reply",
+            };
+            examples.push((answer_name, answer.clone()));
+            request.clear();
+            let mut out = Vec::new();
+            match frames(&answer)
+                .into_iter()
+                .map(|f| client.handle(f, &mut out))
+                .last()
+            {
+                Some(ClientEvent::Continue) => request = out,
+                Some(ClientEvent::Welcome { .. }) => {
+                    client.command(COMMAND_REPORT, &[], &mut request).unwrap();
+                }
+                Some(ClientEvent::Reply { .. }) => {
+                    report = true;
+                    client.close(&mut request).unwrap();
+                }
+                Some(ClientEvent::Closed) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(report && client.is_finished() && server.is_finished());
+
+        let (s, c) = (&DOC_SERVER_NONCE, &DOC_CLIENT_NONCE);
+        let key = secret(DOC_SECRET);
+        for (input, proof, direction) in [
+            (
+                "client-proof-input",
+                "client-proof",
+                Direction::ClientToServer,
+            ),
+            (
+                "server-proof-input",
+                "server-proof",
+                Direction::ServerToClient,
+            ),
+        ] {
+            examples.push((input, proof_input(direction, s, c, "ops")));
+            examples.push((proof, key.proof(direction, s, c, "ops").to_vec()));
+        }
+
+        let mut open = ServerSession::new(7, "uftpd 0.1.0 stats");
+        let mut request = Vec::new();
+        ClientSession::new(login).login(&mut request).unwrap();
+        examples.push(("welcome-open", to_server(&mut open, &request).1));
+        let args = ["shard", "0"];
+        examples.push((
+            "command-args",
+            encoded(
+                4,
+                Message::Command(Command {
+                    word: "report",
+                    args: Args::new(&args),
+                }),
+            ),
+        ));
+        examples.push((
+            "error",
+            encoded(
+                2,
+                Message::Error {
+                    code: ErrorCode::AUTH_FAILED,
+                    message: "authentication failed",
+                },
+            ),
+        ));
+        examples
+    }
+
+    /// `<!-- example: NAME -->` then a fenced block of hex, in the document.
+    fn doc_blocks() -> Vec<(String, String)> {
+        let mut blocks = Vec::new();
+        let mut lines = DOC.lines();
+        while let Some(line) = lines.next() {
+            let Some(name) = line
+                .strip_prefix("<!-- example: ")
+                .and_then(|l| l.strip_suffix(" -->"))
+            else {
+                continue;
+            };
+            assert_eq!(lines.next(), Some("```text"), "example {name}: no fence");
+            let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            blocks.push((name.to_owned(), body.join("\n")));
+        }
+        blocks
+    }
+
+    #[test]
+    fn the_document_shows_exactly_what_the_code_sends() {
+        let examples = doc_examples();
+        let blocks = doc_blocks();
+        let mut stale = Vec::new();
+        for (name, bytes) in &examples {
+            let want = hex_lines(bytes);
+            match blocks.iter().filter(|(n, _)| n == name).collect::<Vec<_>>()[..] {
+                [(_, got)] if *got == want => {}
+                _ => stale.push(format!("<!-- example: {name} -->\n```text\n{want}\n```")),
+            }
+        }
+        assert!(
+            stale.is_empty(),
+            "docs/eas0.md is out of date; these blocks are what the code sends:\n\n{}",
+            stale.join("\n\n")
+        );
+        for (name, _) in &blocks {
+            assert!(
+                examples.iter().any(|(n, _)| n == name),
+                "docs/eas0.md shows an example no test builds: {name}"
+            );
+        }
+        // The tables name every code and type with its value.
+        for ty in MessageType::ALL {
+            let row = format!("| `0x{:02x}` | {} |", ty as u8, ty.name());
+            assert!(DOC.contains(&row), "docs/eas0.md lacks the row {row}");
+        }
+        for code in ErrorCode::ALL {
+            let row = format!("| {} | `{}` |", code.0, code.name().unwrap_or_default());
+            assert!(DOC.contains(&row), "docs/eas0.md lacks the row {row}");
+        }
+        for status in [
+            ReplyStatus::OK,
+            ReplyStatus::UNKNOWN_COMMAND,
+            ReplyStatus::BAD_ARGUMENTS,
+            ReplyStatus::FAILED,
+        ] {
+            let row = format!("| {} | `{}` |", status.0, status.name().unwrap_or_default());
+            assert!(DOC.contains(&row), "docs/eas0.md lacks the row {row}");
+        }
+        // The Python check's answer is the client proof.
+        let proof = examples.iter().find(|(n, _)| *n == "client-proof").unwrap();
+        let hex: String = proof.1.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            DOC.contains(&format!("# '{hex}'")),
+            "the Python example's answer"
+        );
+        // The labels, and the limits, as the code has them.
+        for label in [CLIENT_PROOF_LABEL, SERVER_PROOF_LABEL] {
+            let text = std::str::from_utf8(label).unwrap().trim_end_matches('\0');
+            assert!(DOC.contains(&format!("`{text}` followed by one zero byte")));
+        }
+        for limit in [
+            FRAME_BODY_MAX,
+            FRAME_LEN_MAX,
+            REPLY_TEXT_MAX,
+            WELCOME_LINE_MAX,
+            ERROR_MESSAGE_MAX,
+        ] {
+            assert!(DOC.contains(&format!("{limit} bytes")), "{limit}");
+        }
     }
 }
