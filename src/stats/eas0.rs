@@ -1453,6 +1453,12 @@ impl ServerSession {
         self.peer.as_ref()
     }
 
+    /// Who the LOGIN said it was, proven or not: for logging a refused
+    /// AUTH. [`ServerSession::peer`] is the one to trust.
+    pub fn login_attempt(&self) -> Option<&LoginInfo> {
+        self.peer.as_ref().or(self.pending.as_ref())
+    }
+
     /// Whether the peer proved the secret (false on a session without one).
     pub fn is_authenticated(&self) -> bool {
         self.peer.is_some() && self.auth.is_some()
@@ -1520,7 +1526,7 @@ impl ServerSession {
                     proof,
                 },
             ) => {
-                let (Some((secret, nonce)), Some(info)) = (&self.auth, self.pending.take()) else {
+                let (Some((secret, nonce)), Some(info)) = (&self.auth, &self.pending) else {
                     return self.refuse(tag, ErrorCode::INTERNAL, "no pending login", out);
                 };
                 // A client "nonce" that is our own is someone replaying our
@@ -1533,17 +1539,19 @@ impl ServerSession {
                         out,
                     );
                 }
+                let user = &info.user;
                 if !secret.verify(
                     Direction::ClientToServer,
                     nonce,
                     &client_nonce,
-                    &info.user,
+                    user,
                     &proof,
                 ) {
                     return self.refuse(tag, ErrorCode::AUTH_FAILED, "authentication failed", out);
                 }
                 let server_proof =
-                    secret.proof(Direction::ServerToClient, nonce, &client_nonce, &info.user);
+                    secret.proof(Direction::ServerToClient, nonce, &client_nonce, user);
+                let info = self.pending.take().unwrap_or_default();
                 self.welcome(tag, info, Some(server_proof), out)
             }
             (ServerState::Established, Message::Command(command)) => {
@@ -1604,7 +1612,6 @@ impl ServerSession {
         // Cannot fail: a short text in a fixed layout.
         let _ = Message::Error { code, message }.encode(tag, out);
         self.state = ServerState::Finished;
-        self.pending = None;
         ServerEvent::Refused {
             code,
             message: message.to_owned(),
@@ -2937,6 +2944,7 @@ mod tests {
             "Failed(Refused { code: ErrorCode(4), message: \"authentication failed\" })"
         );
         assert!(server.is_finished() && server.peer().is_none() && !server.is_authenticated());
+        assert_eq!(server.login_attempt(), Some(&ops()), "for the log");
         assert!(client.is_finished());
         // The refusal answers the AUTH's tag.
         assert_eq!(
