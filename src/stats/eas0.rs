@@ -999,7 +999,10 @@ fn check_login_fields(r: &mut Reader<'_>) -> Result<(), BodyError> {
             b"APP" => (2, "field APP"),
             _ => continue,
         };
-        if std::mem::replace(&mut seen[slot], true) {
+        if seen
+            .get_mut(slot)
+            .is_some_and(|seen| std::mem::replace(seen, true))
+        {
             return Err(r.err_at(at, name, BodyProblem::Duplicate));
         }
         if let Err(e) = std::str::from_utf8(field.value) {
