@@ -20,6 +20,8 @@ pub mod server;
 mod session;
 pub mod view;
 
+pub mod eas0;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::proto::refusal::Cause;
