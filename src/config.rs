@@ -208,6 +208,11 @@ pub struct Args {
     /// Stats connections open at once; more are closed at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub stats_connections_max: u32,
+
+    /// How long a stats connection may stay silent, or leave our writes
+    /// unread, before it is closed, in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub stats_idle_ms: u64,
 }
 
 impl Args {

@@ -403,7 +403,7 @@ fn start_stats(
         secret,
         allow: args.stats_allow.clone(),
         connections_max: args.stats_connections_max,
-        idle_timeout_ms: stats_server::IDLE_TIMEOUT_MS,
+        idle_timeout_ms: args.stats_idle_ms,
         server_name: hostname(),
     };
     stats_server::spawn(listener, config, history).map_err(|e| format!("stats thread: {e}"))?;

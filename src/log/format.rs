@@ -40,7 +40,7 @@ fn text(record: &Record, style: &Style, out: &mut String) {
 /// The text of a record without its prefix (for syslog, which has its own).
 pub fn body_text(record: &Record, out: &mut String) {
     match &record.body {
-        Body::Message(m) => escape_text(m.as_bytes(), out),
+        Body::Message(m) => escape_message(m.as_bytes(), out),
         Body::Request(r) => request_text(r, out),
         Body::Refused(r) => refused_text(r, out),
         Body::Transfer(t) => transfer_text(t, out),
@@ -167,6 +167,20 @@ fn quoted(name: &[u8], out: &mut String) {
     out.push('"');
     escape_text(name, out);
     out.push('"');
+}
+
+/// Free text (a message): like [`escape_text`] but quotes stay as they are
+/// (nothing in a message is a quoted field).
+fn escape_message(bytes: &[u8], out: &mut String) {
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
 }
 
 /// Printable ASCII as is, `"` and `\` backslashed, every other byte `\xNN`.

@@ -27,10 +27,12 @@ const SCRIPT: &str = r##"
 function fmt(n,d){return Number(n).toFixed(d===undefined?1:d)}
 function set(id,v){var e=document.getElementById(id);if(e)e.textContent=v}
 function spark(h){
-  var w=600,ht=80,max=Math.max(1,...h);
-  var pts=h.map(function(v,i){return (i*(w/Math.max(1,h.length-1))).toFixed(1)+','+(ht-2-(v/max)*(ht-6)).toFixed(1)}).join(' ');
-  document.getElementById('spark').innerHTML='<polyline fill="none" stroke="#2563eb" stroke-width="2" points="'+pts+'"/>';
-  set('sparkmax','peak '+fmt(max)+' Mbit/s');
+  // One slot per second of history, newest at the right edge.
+  var w=600,ht=80,slots=HISTORY,max=Math.max(1,...h),step=w/(slots-1),first=slots-h.length;
+  var pts=h.map(function(v,i){return ((first+i)*step).toFixed(1)+','+(ht-2-(v/max)*(ht-6)).toFixed(1)});
+  var area=pts.length?'<polygon fill="#dbe7fd" points="'+(first*step).toFixed(1)+','+(ht-2)+' '+pts.join(' ')+' '+w+','+(ht-2)+'"/>':'';
+  document.getElementById('spark').innerHTML=area+'<polyline fill="none" stroke="#2563eb" stroke-width="2" points="'+pts.join(' ')+'"/>';
+  set('sparkmax','(peak '+fmt(Math.max(0,...h))+' Mbit/s)');
 }
 function render(s){
   var t=s.total,r=s.rates.last_second;
@@ -124,10 +126,11 @@ pub fn render(view: &View) -> String {
          <svg id=\"spark\" width=\"600\" height=\"80\" viewBox=\"0 0 600 80\"></svg>\
          <p class=\"sub\">Also: <a href=\"/metrics\">/metrics</a> (Prometheus), \
          <a href=\"/stats.json\">/stats.json</a>.</p>\
-         <script>{SCRIPT}</script></body></html>\n",
+         <script>var HISTORY={};{SCRIPT}</script></body></html>\n",
         view.uptime_s,
         view.version,
         view.shards.len(),
+        super::view::HISTORY_SECONDS,
         super::view::HISTORY_SECONDS,
     )
 }

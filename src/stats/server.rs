@@ -17,16 +17,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::allow::{self, Cidr};
+use super::eas0::{MAGIC, Secret};
 use super::http::{self, Parse, Route};
 use super::view::{EndpointCounters, History};
 use super::{json, page, prometheus};
 
-/// The first bytes of an eAS0 stream (the codec's `MAGIC`).
-const MAGIC: [u8; 4] = *b"eAS0";
-
-/// How long a connection may be silent (or refuse our writes) before it is
-/// closed.
-pub const IDLE_TIMEOUT_MS: u64 = 10_000;
 /// How long one connection may last in all, however busy.
 pub const SESSION_LIFETIME_MS: u64 = 15 * 60 * 1000;
 /// The shortest secret accepted.
@@ -35,7 +30,7 @@ pub const SECRET_BYTES_MIN: usize = 16;
 #[derive(Clone, Debug)]
 pub struct StatsConfig {
     /// `None`: no authentication (loopback only; checked at start).
-    pub secret: Option<Arc<[u8]>>,
+    pub secret: Option<Secret>,
     pub allow: Vec<Cidr>,
     pub connections_max: u32,
     pub idle_timeout_ms: u64,
@@ -57,8 +52,9 @@ pub fn check_exposure(addr: SocketAddr, has_secret: bool) -> Result<(), String> 
 }
 
 /// Reads the shared secret: the first line of a regular file that only its
-/// owner may read, at least [`SECRET_BYTES_MIN`] bytes.
-pub fn read_secret(path: &Path) -> Result<Arc<[u8]>, String> {
+/// owner may read, at least [`SECRET_BYTES_MIN`] bytes. The server and
+/// `uftpd-stat` both read it with this, so they agree.
+pub fn read_secret(path: &Path) -> Result<Secret, String> {
     let what = path.display();
     let meta = std::fs::metadata(path).map_err(|e| format!("stats secret file {what}: {e}"))?;
     if !meta.is_file() {
@@ -84,7 +80,7 @@ pub fn read_secret(path: &Path) -> Result<Arc<[u8]>, String> {
              {SECRET_BYTES_MIN} bytes"
         ));
     }
-    Ok(line.into())
+    Secret::new(line).map_err(|e| format!("stats secret file {what}: {e}"))
 }
 
 /// Binds the stats listener. With `shared`, joins a listener another
