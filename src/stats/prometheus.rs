@@ -411,6 +411,33 @@ mod tests {
     }
 
     #[test]
+    fn docs_metrics_md_names_every_family_and_counter() {
+        let doc = include_str!("../../docs/metrics.md");
+        for f in FAMILIES {
+            assert!(doc.contains(&format!("`{}`", f.name)), "{} undocumented", f.name);
+            for (field, label) in f.series {
+                assert!(doc.contains(&format!("`{field}`")), "{field} undocumented");
+                if !label.is_empty() {
+                    assert!(doc.contains(&format!("({label})")), "{label} undocumented");
+                }
+            }
+        }
+        for global in [
+            "uftpd_cache_mapped_bytes",
+            "uftpd_uptime_seconds",
+            "uftpd_shards",
+            "uftpd_stats_connections_total",
+            "uftpd_stats_connections_refused_total",
+            "uftpd_stats_logins_refused_total",
+            "uftpd_build_info",
+        ] {
+            assert!(doc.contains(&format!("`{global}`")), "{global} undocumented");
+            let view = crate::stats::report::tests::sample_view();
+            assert!(render(&view).contains(&format!("\n{global}")), "{global} not served");
+        }
+    }
+
+    #[test]
     fn series_carry_the_shard_and_their_label() {
         let view = crate::stats::report::tests::sample_view();
         let text = render(&view);

@@ -26,6 +26,8 @@ use super::{json, page, prometheus};
 pub const SESSION_LIFETIME_MS: u64 = 15 * 60 * 1000;
 /// The shortest secret accepted.
 pub const SECRET_BYTES_MIN: usize = 16;
+/// The longest secret file read.
+pub const SECRET_FILE_BYTES_MAX: u64 = 4096;
 
 #[derive(Clone, Debug)]
 pub struct StatsConfig {
@@ -51,9 +53,10 @@ pub fn check_exposure(addr: SocketAddr, has_secret: bool) -> Result<(), String> 
     }
 }
 
-/// Reads the shared secret: the first line of a regular file that only its
-/// owner may read, at least [`SECRET_BYTES_MIN`] bytes. The server and
-/// `uftpd-stat` both read it with this, so they agree.
+/// Reads the shared secret: the bytes of a regular file that only its
+/// owner may read, without the line ending(s) at its end (docs/eas0.md
+/// "Authentication"), at least [`SECRET_BYTES_MIN`] of them. The server
+/// and `uftpd-stat` both read it with this, so they agree.
 pub fn read_secret(path: &Path) -> Result<Secret, String> {
     let what = path.display();
     let meta = std::fs::metadata(path).map_err(|e| format!("stats secret file {what}: {e}"))?;
@@ -69,18 +72,20 @@ pub fn read_secret(path: &Path) -> Result<Secret, String> {
     // Small, and read once at start: bounded anyway.
     let file = std::fs::File::open(path).map_err(|e| format!("stats secret file {what}: {e}"))?;
     let mut bytes = Vec::new();
-    file.take(4096)
+    file.take(SECRET_FILE_BYTES_MAX)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("stats secret file {what}: {e}"))?;
-    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.len() < SECRET_BYTES_MIN {
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b'\n' && b != b'\r')
+        .map_or(0, |i| i + 1);
+    if end < SECRET_BYTES_MIN {
         return Err(format!(
-            "stats secret file {what}: the secret (its first line) must be at least \
-             {SECRET_BYTES_MIN} bytes"
+            "stats secret file {what}: the secret must be at least {SECRET_BYTES_MIN} bytes \
+             (e.g. head -c 32 /dev/urandom | base64 > FILE)"
         ));
     }
-    Secret::new(line).map_err(|e| format!("stats secret file {what}: {e}"))
+    Secret::from_file_contents(&bytes).map_err(|e| format!("stats secret file {what}: {e}"))
 }
 
 /// Binds the stats listener. With `shared`, joins a listener another
