@@ -414,7 +414,11 @@ mod tests {
     fn docs_metrics_md_names_every_family_and_counter() {
         let doc = include_str!("../../docs/metrics.md");
         for f in FAMILIES {
-            assert!(doc.contains(&format!("`{}`", f.name)), "{} undocumented", f.name);
+            assert!(
+                doc.contains(&format!("`{}`", f.name)),
+                "{} undocumented",
+                f.name
+            );
             for (field, label) in f.series {
                 assert!(doc.contains(&format!("`{field}`")), "{field} undocumented");
                 if !label.is_empty() {
@@ -431,9 +435,15 @@ mod tests {
             "uftpd_stats_logins_refused_total",
             "uftpd_build_info",
         ] {
-            assert!(doc.contains(&format!("`{global}`")), "{global} undocumented");
+            assert!(
+                doc.contains(&format!("`{global}`")),
+                "{global} undocumented"
+            );
             let view = crate::stats::report::tests::sample_view();
-            assert!(render(&view).contains(&format!("\n{global}")), "{global} not served");
+            assert!(
+                render(&view).contains(&format!("\n{global}")),
+                "{global} not served"
+            );
         }
     }
 
