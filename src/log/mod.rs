@@ -4,7 +4,7 @@
 //! to the logging thread through a bounded queue with `try_send`: when the
 //! queue is full the record is dropped and counted
 //! (`log_events_dropped`), never waited for. The logging thread formats
-//! ([`format`]) and writes ([`sink`]); a reader that stops reading, or goes
+//! ([`mod@format`]) and writes ([`sink`]); a reader that stops reading, or goes
 //! away (`uftpd | head`), stalls or fails only that thread.
 //!
 //! Levels are syslog severities. The default level (info) logs every
