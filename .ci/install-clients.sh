@@ -3,7 +3,8 @@
 #   tftp-hpa (tftp), atftp, busybox (busybox tftp), curl (tftp://) for
 #   tests/real_clients.rs and tests/faults.rs; chromium-headless-shell (the
 #   status page in a real browser) and promtool (check metrics) for
-#   tests/stats.rs. promtool is taken out of the prometheus package with
+#   tests/stats.rs; tftpd-hpa (extracted, not installed) for
+#   tools/uftpd-load/tests/load.rs. promtool is taken out of the prometheus package with
 #   dpkg -x: installing the package would start a Prometheus server.
 # Idempotent: packages already installed are skipped; when nothing is
 # missing, apt is not touched at all. Debian/Ubuntu, run as root (or sudo).
@@ -23,8 +24,14 @@ done
 
 need_promtool=0
 command -v promtool >/dev/null || need_promtool=1
+# tftpd-hpa, as a peer for uftpd-load's tests and bench/compare.sh: taken
+# out of its package with dpkg -x (installing it would start a service on
+# port 69, and it conflicts with atftpd).
+HPA_DIR=/opt/uftpd-peers/tftpd-hpa
+need_hpa=0
+[[ -x $HPA_DIR/usr/sbin/in.tftpd ]] || need_hpa=1
 
-if [[ ${#missing[@]} -eq 0 && $need_promtool -eq 0 ]]; then
+if [[ ${#missing[@]} -eq 0 && $need_promtool -eq 0 && $need_hpa -eq 0 ]]; then
     echo "install-clients: all test peers present"
     exit 0
 fi
@@ -49,6 +56,15 @@ if [[ $need_promtool -eq 1 ]]; then
     else
         echo "install-clients: promtool unavailable; /metrics is checked without it"
     fi
+    rm -rf "$work"
+fi
+
+if [[ $need_hpa -eq 1 ]]; then
+    echo "install-clients: extracting tftpd-hpa into $HPA_DIR"
+    work=$(mktemp -d)
+    (cd "$work" && apt-get download -q tftpd-hpa)
+    "${SUDO[@]}" mkdir -p "$HPA_DIR"
+    "${SUDO[@]}" dpkg -x "$work"/tftpd-hpa_*.deb "$HPA_DIR"
     rm -rf "$work"
 fi
 

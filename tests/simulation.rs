@@ -484,7 +484,7 @@ struct Sim {
     queue: BinaryHeap<Reverse<InFlight>>,
     seq: u64,
 
-    client: ClientSession<'static>,
+    client: ClientSession,
     /// The server's sessions table and admission policy, as a shard has
     /// them; the harness serves one session of one client.
     sessions: Sessions<()>,

@@ -31,8 +31,9 @@ pub enum ClientEvent {
 }
 
 #[derive(Debug)]
-pub struct ClientSession<'n> {
-    filename: &'n [u8],
+pub struct ClientSession {
+    /// Owned: a load generator names a different file per transfer.
+    filename: Box<[u8]>,
     mode: Mode,
     requested: OptionValues,
     /// The server's tsize from its OACK, if any.
@@ -40,10 +41,10 @@ pub struct ClientSession<'n> {
     machine: Machine,
 }
 
-impl<'n> ClientSession<'n> {
+impl ClientSession {
     /// Fetch `filename`, asking for `options`.
     pub fn read(
-        filename: &'n [u8],
+        filename: &[u8],
         mode: Mode,
         options: OptionValues,
         timer: TimerConfig,
@@ -61,7 +62,7 @@ impl<'n> ClientSession<'n> {
             now,
         );
         ClientSession {
-            filename,
+            filename: filename.into(),
             mode,
             requested: options,
             announced_size_bytes: None,
@@ -71,7 +72,7 @@ impl<'n> ClientSession<'n> {
 
     /// Upload `size_bytes` as `filename`, asking for `options`.
     pub fn write(
-        filename: &'n [u8],
+        filename: &[u8],
         mode: Mode,
         options: OptionValues,
         size_bytes: u64,
@@ -87,7 +88,7 @@ impl<'n> ClientSession<'n> {
             now,
         );
         ClientSession {
-            filename,
+            filename: filename.into(),
             mode,
             requested: options,
             announced_size_bytes: None,
@@ -236,7 +237,7 @@ impl<'n> ClientSession<'n> {
                     Machine::Read(_) => RequestKind::Read,
                     Machine::Write(_) => RequestKind::Write,
                 };
-                wire::encode_request(buf, kind, self.filename, self.mode, &self.requested)
+                wire::encode_request(buf, kind, &self.filename, self.mode, &self.requested)
             }
             Transmit::Ack { block } => wire::encode_ack(buf, block),
             Transmit::Error { code, message } => wire::encode_error(buf, code, message),

@@ -61,6 +61,33 @@ pub fn raise_nofile_to_hard() -> io::Result<u64> {
     Ok(now.hard.unwrap_or(u64::MAX))
 }
 
+/// Whose CPU time [`cpu_time`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuOf {
+    /// Every thread of the process.
+    Process,
+    /// The calling thread only.
+    Thread,
+}
+
+/// User plus system CPU time used so far (getrusage(2)).
+pub fn cpu_time(of: CpuOf) -> io::Result<Duration> {
+    let who = match of {
+        CpuOf::Process => libc::RUSAGE_SELF,
+        CpuOf::Thread => libc::RUSAGE_THREAD,
+    };
+    // SAFETY: zero is a valid rusage; getrusage only writes into it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer of the right type.
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Ok(Duration::from_micros(
+        micros(usage.ru_utime) + micros(usage.ru_stime),
+    ))
+}
+
 /// True if the effective capability set holds `bit` (see capabilities(7)).
 pub fn has_capability(bit: u32) -> bool {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
