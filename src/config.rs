@@ -43,6 +43,11 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub cores: Option<u16>,
 
+    /// Do not pin shards to CPUs: let the scheduler move them. Pays when
+    /// the CPUs are shared with other busy processes (see tuning.md).
+    #[arg(long)]
+    pub no_pin: bool,
+
     /// Address to serve on; repeat for several. Port 0 picks a free port.
     /// [default: 0.0.0.0:69 and [::]:69]
     // `[::]` is an address for --help, not a rustdoc link.

@@ -157,7 +157,9 @@ fn run(args: Args, logger: &Logger, signals: &SignalSet) -> Result<(), String> {
             },
             faults: Default::default(),
         };
-        let core = cpus.get(index % cpus.len().max(1)).copied();
+        let core = (!args.no_pin)
+            .then(|| cpus.get(index % cpus.len().max(1)).copied())
+            .flatten();
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("uftpd-shard-{index}"))
