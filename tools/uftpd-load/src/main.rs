@@ -238,7 +238,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         {
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(5));
     }
     for h in handles.drain(..) {
         match h {
@@ -250,7 +250,9 @@ fn run(args: Args) -> Result<ExitCode, String> {
             Err(e) => errors.push(format!("cannot start a worker thread: {e}")),
         }
     }
-    let wall = started.elapsed();
+    let wall = total
+        .finished_at
+        .map_or_else(|| started.elapsed(), |t| t.saturating_duration_since(started));
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }

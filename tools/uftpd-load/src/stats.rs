@@ -37,6 +37,9 @@ pub struct Stats {
     pub buffers_exhausted: u64,
     /// Sends the kernel failed (loss, as far as the protocol goes).
     pub send_errors: u64,
+    /// When the worker's last transfer ended (the run's wall time ends at
+    /// the latest of these, not when the main thread noticed).
+    pub finished_at: Option<std::time::Instant>,
 }
 
 impl Default for Stats {
@@ -54,6 +57,7 @@ impl Default for Stats {
             sends_deferred: 0,
             buffers_exhausted: 0,
             send_errors: 0,
+            finished_at: None,
         }
     }
 }
@@ -89,6 +93,7 @@ impl Stats {
         self.sends_deferred += other.sends_deferred;
         self.buffers_exhausted += other.buffers_exhausted;
         self.send_errors += other.send_errors;
+        self.finished_at = self.finished_at.max(other.finished_at);
     }
 }
 

@@ -160,6 +160,7 @@ impl Worker {
                 return Err(format!("io_uring: {e}"));
             }
         }
+        self.stats.finished_at = Some(Instant::now());
         self.settle();
         let ring = self.io.stats();
         self.stats.buffers_exhausted += ring.buffers_exhausted.iter().sum::<u64>();
