@@ -68,6 +68,13 @@ SCENARIOS = {
                file="f1m", sessions=10000, args=["--blksize", "1432", "--retries", "8"],
                timeout_s=600),
 }
+# tuning.md's sweeps: 64 x 8 MiB with one knob moved.
+for b in (512, 1432, 8192, 65464):
+    SCENARIOS[f"Tb{b}"] = dict(desc=f"tuning: 64 x 8 MiB, blksize {b}, lock-step",
+                               file="f8m", sessions=64, args=["--blksize", str(b)])
+for w in (1, 4, 16, 64):
+    SCENARIOS[f"Tw{w}"] = dict(desc=f"tuning: 64 x 8 MiB, blksize 1432, windowsize {w}",
+                               file="f8m", sessions=64, args=["--blksize", "1432", "--windowsize", str(w)])
 CURVE_SESSIONS = [1, 8, 64, 512, 4096]
 
 # Which way is better, per figure.
@@ -359,16 +366,18 @@ def table(scenarios, servers, meds, fails):
             x = m[n]
             lines.append(f"| {sc['name']} | {n} | " + " | ".join(fmt(x.get(k)) for k in FIGURES)
                          + f" | {fails[sc['name']][n]} |")
+        others = any(not n.startswith("uftpd") and n != "sol" for n in m)
         for n in names:
-            if not n.startswith("uftpd") or n not in m:
+            if not n.startswith("uftpd") or n not in m or (not others and n == "uftpd"):
                 continue
             cells = []
             for key in ["goodput_mbit_s", "transfers_per_s", "p99_ms", "server_cpu_s_per_gib"]:
-                b = best_other(m, list(m), key)
+                # Only uftpd variants ran: compare them with plain uftpd.
+                b = best_other(m, list(m), key) if others else m.get("uftpd", {}).get(key)
                 u = m[n].get(key)
                 cells.append(f"{u / b:.2f}x" if (b and u is not None) else "n/a")
             label = sc["name"] if n == "uftpd" else f"{sc['name']} ({n})"
-            ratios.append(f"| {label} | " + " | ".join(cells) + " | best other |")
+            ratios.append(f"| {label} | " + " | ".join(cells) + (" | best other |" if others else " | uftpd |"))
         if "sol" in m and "uftpd" in m:
             s, u = m["sol"].get("server_cpu_s_per_gib"), m["uftpd"].get("server_cpu_s_per_gib")
             if s and u:
@@ -441,6 +450,8 @@ def main():
     ap.add_argument("--budget-s", type=float, default=1500, help="no trial starts after this")
     ap.add_argument("--note", default="", help="a line added to the results section")
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--neighbour", action="store_true",
+                    help="run a busy process pinned to CPU 0 throughout (a CPU shared with other work)")
     a = ap.parse_args()
 
     release = os.path.join(REPO, "target", "release")
@@ -503,6 +514,12 @@ def main():
         cg_root = None
     if not cg_root:
         log("warning: no writable cgroup v2; forking servers' CPU is undercounted")
+    neighbour = None
+    if a.neighbour:
+        # A spinning loop pinned to CPU 0 at normal priority: what a DHCP or
+        # HTTP server busy on the same machine does to the shard there.
+        neighbour = subprocess.Popen(["taskset", "-c", "0", "sh", "-c", "while :; do :; done"])
+        a.note = (a.note + "; " if a.note else "") + "a busy loop pinned to CPU 0 ran throughout"
     results = {sc["name"]: {s["name"]: [] for s in servers} for sc in scenarios}
     started = time.monotonic()
     try:
@@ -532,6 +549,9 @@ def main():
     except StopIteration:
         pass
     finally:
+        if neighbour:
+            neighbour.kill()
+            neighbour.wait()
         for s in servers:
             stop_server(s)
         shutil.rmtree(work, ignore_errors=True)
