@@ -43,6 +43,7 @@ pub mod cache;
 pub mod config;
 pub mod log;
 pub mod proto;
+pub mod remap;
 pub mod shard;
 pub mod stats;
 #[allow(unsafe_code)]
