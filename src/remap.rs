@@ -522,6 +522,51 @@ fn show(bytes: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// Helpers for the common cases, without a map file.
+
+/// dnsmasq's `--tftp-lowercase`: ASCII letters to lower case, every other
+/// byte (UTF-8 included) unchanged. Whether the file system then finds the
+/// file is the caller's business.
+pub fn lowercase(name: &mut [u8]) {
+    name.make_ascii_lowercase();
+}
+
+/// Drops trailing bytes that some boot ROMs leave after the name: NULs
+/// (0x00, a fixed-size field copied whole) and bytes 0x80-0xFF that do not
+/// end a valid UTF-8 character (0xFF of erased flash, stray padding). The
+/// test is UTF-8 validity, not "any byte over 0x7F", so that a name ending
+/// in `é` (0xC3 0xA9) is left alone; names in a legacy 8-bit encoding
+/// (Latin-1 `é` is the lone byte 0xE9) would lose their last characters, so
+/// do not turn this on for them. ASCII is never stripped: a trailing space
+/// or control character may be meant, and control characters are refused
+/// later anyway.
+pub fn strip_trailing_garbage(name: &[u8]) -> &[u8] {
+    let mut end = name.len();
+    while end > 0 {
+        let last = name[end - 1];
+        if last == 0 {
+            end -= 1;
+        } else if last < 0x80 || ends_with_utf8_char(&name[..end]) {
+            break;
+        } else {
+            end -= 1;
+        }
+    }
+    &name[..end]
+}
+
+/// Whether `bytes` (whose last byte is over 0x7F) ends with a complete,
+/// valid UTF-8 character.
+fn ends_with_utf8_char(bytes: &[u8]) -> bool {
+    let end = bytes.len();
+    // A character is at most 4 bytes: a lead byte and continuations.
+    (1..=4.min(end)).any(|n| {
+        let tail = &bytes[end - n..];
+        tail[0] & 0xC0 != 0x80 && std::str::from_utf8(tail).is_ok()
+    })
+}
+
+// ---------------------------------------------------------------------------
 // Lines and fields.
 
 /// tftpd-hpa's `isspace` in the C locale.
@@ -2802,6 +2847,33 @@ mod tests {
                     assert!(out.len() <= NAME_BYTES_MAX);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn lowercase_helper() {
+        let mut name = b"\\Boot\\BCD-\xC3\x89t\xC3\xA9".to_vec();
+        lowercase(&mut name);
+        assert_eq!(name, b"\\boot\\bcd-\xC3\x89t\xC3\xA9");
+    }
+
+    #[test]
+    fn trailing_garbage_helper() {
+        for (name, want) in [
+            (&b"pxelinux.0"[..], &b"pxelinux.0"[..]),
+            (b"pxelinux.0\xFF\xFF\xFF", b"pxelinux.0"),
+            (b"pxelinux.0\0\0\0", b"pxelinux.0"),
+            (b"pxelinux.0\xFF\0\x80\xFE", b"pxelinux.0"),
+            (b"caf\xC3\xA9", b"caf\xC3\xA9"),
+            (b"caf\xC3\xA9\xFF", b"caf\xC3\xA9"),
+            (b"caf\xC3", b"caf"),
+            (b"caf\xE9", b"caf"),
+            (b"\xF0\x9F\x98\x80", b"\xF0\x9F\x98\x80"),
+            (b"a \t", b"a \t"),
+            (b"\xFF\xFF", b""),
+            (b"", b""),
+        ] {
+            assert_eq!(strip_trailing_garbage(name), want, "{}", show(name));
         }
     }
 
