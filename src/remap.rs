@@ -60,7 +60,7 @@
 
 use std::fmt;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use regex::bytes::{Regex, RegexBuilder};
 
@@ -495,6 +495,112 @@ impl Rules {
             index += 1;
         }
         Ok(current)
+    }
+
+    /// The lines behind `uftpd --map-test FILE`: each line of `input` is a
+    /// test, and the result is one output line per test, in order.
+    ///
+    /// A test line is a name, optionally followed by TAB-separated fields in
+    /// any order: `GET` or `PUT` (also `RRQ`, `WRQ`; any case; default
+    /// `GET`) and the client's address (IPv4 or IPv6, brackets allowed;
+    /// default [`MAP_TEST_CLIENT`], the address tftpd-hpa's own test mode
+    /// uses). A trailing CR is dropped; a name cannot hold a TAB.
+    ///
+    /// Each output line is the resulting name; or `ERROR: ` and the message
+    /// the client would get, then ` (` the reason `)`; or `INVALID: ` and
+    /// why the test line was not understood. Control bytes (below 0x20, and
+    /// 0x7F) in names and messages are written as `\xHH`, so every result
+    /// stays on one line; an empty result is an empty line.
+    pub fn test_lines(&self, input: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut lines: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+        if lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        for line in lines {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let mut fields = line.split(|&b| b == b'\t');
+            let name = fields.next().unwrap_or_default();
+            let mut ctx = Context::new(Op::Get, MAP_TEST_CLIENT);
+            let mut bad = None;
+            for field in fields {
+                match parse_test_field(field) {
+                    Some(TestField::Op(op)) => ctx.op = op,
+                    Some(TestField::Client(ip)) => ctx.client = ip,
+                    None => {
+                        bad = Some(field);
+                        break;
+                    }
+                }
+            }
+            if let Some(field) = bad {
+                out.extend_from_slice(b"INVALID: ");
+                push_shown(&mut out, field);
+                out.extend_from_slice(b" is neither GET, PUT nor an IP address\n");
+                continue;
+            }
+            match self.apply(name, &ctx) {
+                Ok(result) => push_shown(&mut out, &result),
+                Err(refusal) => {
+                    out.extend_from_slice(b"ERROR: ");
+                    push_shown(&mut out, refusal.client_message());
+                    let _ = write!(Shown(&mut out), " ({refusal})");
+                }
+            }
+            out.push(b'\n');
+        }
+        out
+    }
+}
+
+/// The client address `--map-test` assumes: 192.0.2.34, from the block
+/// reserved for documentation, as in tftpd-hpa's `--map-test`.
+pub const MAP_TEST_CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 34));
+
+/// `uftpd --map-test FILE`: parses the map file's text and runs each line
+/// of `input` through it, as [`Rules::test_lines`] documents. A bad map
+/// file gives its errors instead (one line each when displayed).
+pub fn map_test(map: &[u8], input: &[u8]) -> Result<Vec<u8>, ParseErrors> {
+    Ok(Rules::parse(map)?.test_lines(input))
+}
+
+enum TestField {
+    Op(Op),
+    Client(IpAddr),
+}
+
+fn parse_test_field(field: &[u8]) -> Option<TestField> {
+    let text = std::str::from_utf8(field).ok()?.trim();
+    match text.to_ascii_uppercase().as_str() {
+        "GET" | "RRQ" => return Some(TestField::Op(Op::Get)),
+        "PUT" | "WRQ" => return Some(TestField::Op(Op::Put)),
+        _ => {}
+    }
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse().ok().map(TestField::Client)
+}
+
+/// Appends `bytes` with control bytes as `\xHH`.
+fn push_shown(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        if b < 0x20 || b == 0x7f {
+            let _ = write!(Shown(out), "\\x{b:02X}");
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// `write!` into a byte vector.
+struct Shown<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Shown<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -2137,7 +2243,6 @@ fn emit_class(set: ByteSet, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
     fn rules(text: &str) -> Rules {
         Rules::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
@@ -2848,6 +2953,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn map_test_lines() {
+        let map =
+            b"a \\.pvt$ private\na ^x\nrs ^loop \\0\nrG ^ get/\nrP ^ put/\nr ^(get|put)/ \\0\\i/\n";
+        let input = concat!(
+            "a\n",
+            "a\tPUT\n",
+            "a\t10.0.0.1\twrq\n",
+            "a\t[2001:db8::1]\n",
+            "k.pvt\n",
+            "x\r\n",
+            "\n",
+            "loop\n",
+            "a\tnonsense\n",
+            "tab\x07bell",
+        );
+        let out = map_test(map, input.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            concat!(
+                "get/192.0.2.34/a\n",
+                "put/192.0.2.34/a\n",
+                "put/10.0.0.1/a\n",
+                "get/2001:db8::1/a\n",
+                "ERROR: private (refused by the rule at line 1)\n",
+                "ERROR: Access denied (refused by the rule at line 2)\n",
+                "get/192.0.2.34/\n",
+                "ERROR: Remap table failure (more than the allowed rule applications (a loop?))\n",
+                "INVALID: nonsense is neither GET, PUT nor an IP address\n",
+                "get/192.0.2.34/tab\\x07bell\n",
+            )
+        );
+        let e = map_test(b"r (a\n", b"a\n").unwrap_err();
+        assert_eq!(e.errors[0].line, 1);
     }
 
     #[test]
