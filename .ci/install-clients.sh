@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Install the real TFTP clients used by tests/real_clients.rs:
-#   tftp-hpa (tftp), atftp, busybox (busybox tftp), curl (tftp://).
+# Install the real peers the tests use:
+#   tftp-hpa (tftp), atftp, busybox (busybox tftp), curl (tftp://) for
+#   tests/real_clients.rs and tests/faults.rs; chromium-headless-shell (the
+#   status page in a real browser) and promtool (check metrics) for
+#   tests/stats.rs. promtool is taken out of the prometheus package with
+#   dpkg -x: installing the package would start a Prometheus server.
 # Idempotent: packages already installed are skipped; when nothing is
 # missing, apt is not touched at all. Debian/Ubuntu, run as root (or sudo).
 set -euo pipefail
 
-PACKAGES=(tftp-hpa atftp busybox curl)
+PACKAGES=(tftp-hpa atftp busybox curl chromium-headless-shell)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -17,8 +21,11 @@ for pkg in "${PACKAGES[@]}"; do
     fi
 done
 
-if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "install-clients: all TFTP clients present"
+need_promtool=0
+command -v promtool >/dev/null || need_promtool=1
+
+if [[ ${#missing[@]} -eq 0 && $need_promtool -eq 0 ]]; then
+    echo "install-clients: all test peers present"
     exit 0
 fi
 
@@ -28,11 +35,24 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-echo "install-clients: installing ${missing[*]}"
 "${SUDO[@]}" apt-get update -q
-"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "install-clients: installing ${missing[*]}"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if [[ $need_promtool -eq 1 ]]; then
+    echo "install-clients: extracting promtool from the prometheus package"
+    work=$(mktemp -d)
+    # Optional: tests/stats.rs checks the metrics without it, less strictly.
+    if (cd "$work" && apt-get download -q prometheus && dpkg -x prometheus_*.deb root); then
+        "${SUDO[@]}" install -m 0755 "$work/root/usr/bin/promtool" /usr/local/bin/promtool
+    else
+        echo "install-clients: promtool unavailable; /metrics is checked without it"
+    fi
+    rm -rf "$work"
+fi
 
-for bin in tftp atftp busybox curl; do
+for bin in tftp atftp busybox curl chromium-headless-shell; do
     command -v "$bin" >/dev/null || { echo "install-clients: $bin still missing" >&2; exit 1; }
 done
 echo "install-clients: done"

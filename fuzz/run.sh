@@ -21,7 +21,7 @@ shift
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=(wire negotiate session endpoint)
+    targets=(wire negotiate session endpoint stats)
 fi
 target_dir="${CARGO_TARGET_DIR:-$here/target}"
 build=(cargo +nightly fuzz build --debug-assertions --sanitizer none --target-dir "$target_dir")

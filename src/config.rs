@@ -7,14 +7,20 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::cache::{Overwrite, UploadPolicy};
+use crate::log::{Format, Level};
 use crate::proto::budget::SourceLimits;
 use crate::proto::endpoint::EndpointConfig;
 use crate::proto::options::{NegotiationLimits, WINDOWSIZE_MAX};
 use crate::proto::server::ServerConfig;
 use crate::proto::transfer::TimerConfig;
 use crate::proto::wire::{BLKSIZE_MAX, BLKSIZE_MIN};
+pub use crate::stats::allow::{Cidr, parse_cidr};
 
 pub const TFTP_PORT: u16 = 69;
+
+/// Where the stats endpoint listens unless told otherwise.
+pub const STATS_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 6969);
 
 /// Timeouts a transfer keeps listening, silently, for a peer that has not
 /// answered its first reply and its one resend (1 + 2 + 4 + 8 s at the
@@ -153,9 +159,71 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     pub grace_ms: u64,
 
-    /// Log each transfer (-v) and each refusal (-vv) to stderr.
+    /// Log more: -v adds each request as it arrives and UEFI size probes
+    /// (debug). By default every finished transfer and every refusal is
+    /// logged (info).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Log only warnings and errors (no line per transfer).
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Log lines as text or as one JSON object per line (README "Logs").
+    #[arg(long, value_enum, default_value_t = Format::Text, value_name = "FORMAT")]
+    pub log_format: Format,
+
+    /// Also send every log line to the local syslog (/dev/log, facility
+    /// daemon).
+    #[arg(long)]
+    pub syslog: bool,
+
+    /// Log records waiting for the logging thread, at most; beyond it the
+    /// shards drop records (counted as log_events_dropped) rather than wait.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    pub log_queue_records: u32,
+
+    /// Where the stats endpoint listens: eAS0 sessions (uftpd-stat) and HTTP
+    /// (/metrics, /stats.json, the status page /) on one TCP port.
+    /// Anything but a loopback address needs --stats-secret-file.
+    /// [default: 127.0.0.1:6969]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub stats: Option<SocketAddr>,
+
+    /// No stats endpoint.
+    #[arg(long, conflicts_with_all = ["stats_secret_file", "stats_allow"])]
+    pub no_stats: bool,
+
+    /// The shared secret eAS0 clients must prove they know (HMAC-SHA256
+    /// challenge-response; the secret never crosses the network). The file
+    /// holds it on its first line; it must not be readable by others.
+    #[arg(long, value_name = "FILE")]
+    pub stats_secret_file: Option<PathBuf>,
+
+    /// Networks whose HTTP clients may read /metrics, /stats.json and the
+    /// status page (loopback always may); repeat for several.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub stats_allow: Vec<Cidr>,
+
+    /// Stats connections open at once; more are closed at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub stats_connections_max: u32,
+
+    /// How long a stats connection may stay silent, or leave our writes
+    /// unread, before it is closed, in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub stats_idle_ms: u64,
+}
+
+impl Args {
+    /// The log level the flags ask for.
+    pub fn log_level(&self) -> Level {
+        match (self.quiet, self.verbose) {
+            (true, _) => Level::Warn,
+            (false, 0) => Level::Info,
+            (false, _) => Level::Debug,
+        }
+    }
 }
 
 /// Sizes that are fixed at compile time, named. Ring, buffer and send-pool

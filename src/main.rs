@@ -13,7 +13,10 @@ use clap::Parser;
 
 use uftpd::cache::{FileCache, Root, UploadLocks};
 use uftpd::config::{Args, sizes};
+use uftpd::log::{Logger, Style, sink};
 use uftpd::shard::{self, Control, Shard, ShardSetup};
+use uftpd::stats::server::{self as stats_server, StatsConfig};
+use uftpd::stats::view::History;
 use uftpd::stats::{ShardCounters, Snapshot};
 use uftpd::sys::net;
 use uftpd::sys::process::{self, EventFd, SignalSet};
@@ -31,32 +34,57 @@ fn main() -> ExitCode {
                 .map(str::trim)
                 .take_while(|l| !l.is_empty())
                 .collect();
-            uftpd::log!(
-                "uftpd: {} (see uftpd --help)",
+            uftpd::log_error!(
+                "{} (see uftpd --help)",
                 first.join(" ").trim_start_matches("error: ")
             );
             return ExitCode::from(2);
         }
     };
-    match run(args) {
+    // Before any thread starts: threads inherit this mask, so only the
+    // main thread takes these signals, and none of them can kill the server
+    // mid-transfer (a thread without the mask would take SIGTERM's default
+    // action: exit on the spot).
+    let signals = SignalSet::block(&[
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ]);
+    // From here every line goes through the logging thread; the shards
+    // never wait for it (README "Logs").
+    let style = Style::detect(args.log_format, args.log_level());
+    let (logger, records) = Logger::channel(style.level, args.log_queue_records as usize);
+    let sink = match sink::spawn(style, records, args.syslog) {
+        Ok(sink) => sink,
+        Err(e) => {
+            uftpd::log_error!("--syslog: cannot reach {}: {e}", sink::SYSLOG_SOCKET);
+            return ExitCode::FAILURE;
+        }
+    };
+    uftpd::log::set_global(logger.clone());
+    let code = match run(args, &logger, &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            uftpd::log!("uftpd: {message}");
+            uftpd::log_error!("{message}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last lines (totals, the reason for a failure) are written before
+    // exit, unless stderr is stuck.
+    sink.flush(&logger, Duration::from_secs(2));
+    code
 }
 
-fn run(args: Args) -> Result<(), String> {
+fn run(args: Args, logger: &Logger, signals: &SignalSet) -> Result<(), String> {
     let root = Root::open(&args.root).map_err(|e| format!("root {}: {e}", args.root.display()))?;
 
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards = args.cores.map_or(online, usize::from);
     if shards > online {
-        uftpd::log!(
-            "uftpd: warning: {shards} shards on {online} CPUs; shards share CPUs round-robin"
-        );
+        uftpd::log_warn!("{shards} shards on {online} CPUs; shards share CPUs round-robin");
     }
 
     // No probe ring here: one created and dropped now would still hold its
@@ -71,8 +99,8 @@ fn run(args: Args) -> Result<(), String> {
             .ok()
             .and_then(|l| l.soft)
             .map_or("unlimited".to_string(), |b| format!("{} KiB", b / 1024));
-        uftpd::log!(
-            "uftpd: warning: RLIMIT_MEMLOCK is {limit}, too little for full-size rings with \
+        uftpd::log_warn!(
+            "RLIMIT_MEMLOCK is {limit}, too little for full-size rings with \
              {per_shard_sessions} sessions per shard; running with {} and at most {} sessions \
              per shard (raise the limit, see tuning.md)",
             if plan.reduced {
@@ -92,27 +120,20 @@ fn run(args: Args) -> Result<(), String> {
     let root = Arc::new(root);
     let control = Arc::new(Control::default());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-    // Shard threads inherit this mask, so only the main thread takes these,
-    // and none of them can kill the server mid-transfer.
-    let signals = SignalSet::block(&[
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-    ]);
     // One eventfd per shard: a shard re-arms its read after a wake, and a
     // shared counter would let one shard take another's wake-up.
     let mut wakes: Vec<EventFd> = Vec::with_capacity(shards);
     let mut threads = Vec::with_capacity(shards);
-    let mut all_counters: Vec<Arc<ShardCounters>> = Vec::with_capacity(shards);
+    let all_counters: Vec<Arc<ShardCounters>> = (0..shards)
+        .map(|_| Arc::new(ShardCounters::default()))
+        .collect();
+    let stats = start_stats(&args, &all_counters, &cache)?;
     let mut bound: Vec<SocketAddr> = Vec::new();
     for (index, service_sockets) in sockets.into_iter().enumerate() {
         if index == 0 {
             bound = service_sockets.iter().map(|(_, a)| *a).collect();
         }
-        let counters = Arc::new(ShardCounters::default());
-        all_counters.push(Arc::clone(&counters));
+        let counters = Arc::clone(&all_counters[index]);
         let setup = ShardSetup {
             index,
             service_sockets,
@@ -126,7 +147,7 @@ fn run(args: Args) -> Result<(), String> {
             upload_locks: Arc::clone(&upload_locks),
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,
-            verbose: args.verbose,
+            logger: logger.clone(),
             ring_sizes: plan.sizes,
             wake: {
                 let wake = EventFd::new().map_err(|e| format!("eventfd: {e}"))?;
@@ -172,12 +193,12 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     for addr in &bound {
-        uftpd::log!("uftpd: listening on {addr}");
+        uftpd::log_info!("listening on {addr}");
     }
-    uftpd::log!(
-        "uftpd: serving {} with {shards} shards",
-        args.root.display()
-    );
+    if let Some(addr) = stats {
+        uftpd::log_info!("stats on {addr} (uftpd-stat {addr}, http://{addr}/)");
+    }
+    uftpd::log_info!("serving {} with {shards} shards", args.root.display());
 
     // Signals are blocked in every thread and taken here. SIGINT/SIGTERM:
     // drain (a second one ends the grace period); SIGHUP: reload; SIGUSR1:
@@ -187,13 +208,13 @@ fn run(args: Args) -> Result<(), String> {
     while !threads.iter().all(|t| t.is_finished()) {
         match signals.wait(Duration::from_secs(1)) {
             Some(libc::SIGINT | libc::SIGTERM) if draining => {
-                uftpd::log!("uftpd: second signal: ending running transfers now");
+                uftpd::log_info!("second signal: ending running transfers now");
                 control.hurry();
                 wake_shards(&wakes);
             }
             Some(libc::SIGINT | libc::SIGTERM) => {
-                uftpd::log!(
-                    "uftpd: signal received: no new requests; running transfers have {} ms \
+                uftpd::log_info!(
+                    "signal received: no new requests; running transfers have {} ms \
                      to finish (signal again to end them now)",
                     args.grace_ms
                 );
@@ -202,10 +223,10 @@ fn run(args: Args) -> Result<(), String> {
                 wake_shards(&wakes);
             }
             Some(libc::SIGHUP) => {
-                uftpd::log!("uftpd: SIGHUP: nothing to reload (settings are read at start)");
+                uftpd::log_info!("SIGHUP: nothing to reload (settings are read at start)");
             }
             Some(libc::SIGUSR1) => print_totals(&all_counters),
-            Some(other) => uftpd::log!("uftpd: signal {other} ignored"),
+            Some(other) => uftpd::log_info!("signal {other} ignored"),
             None => {}
         }
         if !draining && threads.iter().any(|t| t.is_finished()) {
@@ -223,9 +244,7 @@ fn run(args: Args) -> Result<(), String> {
             Err(_) => result = Err("a shard panicked".into()),
         }
     }
-    if args.verbose >= 1 {
-        print_totals(&all_counters);
-    }
+    print_totals(&all_counters);
     result
 }
 
@@ -249,7 +268,7 @@ fn bind_all(
         if let Err(e) = probed {
             // The default dual-stack listen tolerates a host without IPv6.
             if !explicit && addr.is_ipv6() && e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
-                uftpd::log!("uftpd: warning: IPv6 unavailable, serving IPv4 only");
+                uftpd::log_warn!("IPv6 unavailable, serving IPv4 only");
                 continue;
             }
             return Err(bind_error(addr, &e));
@@ -306,8 +325,8 @@ fn print_totals(counters: &[Arc<ShardCounters>]) {
     for c in counters {
         total.add(&c.snapshot());
     }
-    let fields: Vec<String> = total.fields().map(|(k, v)| format!("{k}={v}")).collect();
-    uftpd::log!("uftpd: totals: {}", fields.join(" "));
+    let fields: Vec<String> = total.fields().map(|(k, v, _)| format!("{k}={v}")).collect();
+    uftpd::log_info!("totals: {}", fields.join(" "));
 }
 
 /// Wakes every shard through its own eventfd.
@@ -333,12 +352,67 @@ fn sessions_per_shard(args: &Args, shards: usize) -> Result<usize, String> {
         fit -= (fit / 8).max(1);
     }
     if fit < wanted {
-        uftpd::log!(
-            "uftpd: warning: RLIMIT_NOFILE is {nofile}: serving at most {} sessions (not {}); \
+        uftpd::log_warn!(
+            "RLIMIT_NOFILE is {nofile}: serving at most {} sessions (not {}); \
              raise it (LimitNOFILE= in the systemd unit) for more",
             fit * shards,
             args.max_sessions
         );
     }
     Ok(fit.max(1))
+}
+
+/// Binds the stats endpoint and starts its threads (unless --no-stats).
+/// A port that is in use is fatal when --stats was given, and only a
+/// warning for the default one: serving boots matters more than stats.
+fn start_stats(
+    args: &Args,
+    counters: &[Arc<ShardCounters>],
+    cache: &Arc<FileCache>,
+) -> Result<Option<SocketAddr>, String> {
+    if args.no_stats {
+        return Ok(None);
+    }
+    let addr = args.stats.unwrap_or(uftpd::config::STATS_DEFAULT);
+    let secret = match &args.stats_secret_file {
+        Some(path) => Some(stats_server::read_secret(path)?),
+        None => None,
+    };
+    stats_server::check_exposure(addr, secret.is_some())?;
+    let listener = match stats_server::bind(addr, args.takeover) {
+        Ok(l) => l,
+        Err(e) if args.stats.is_none() => {
+            uftpd::log_warn!(
+                "no stats endpoint: cannot listen on {addr}: {e} (give --stats ADDR:PORT, \
+                 or --no-stats)"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(format!("--stats {addr}: {e}")),
+    };
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("--stats {addr}: {e}"))?;
+    let cache = Arc::clone(cache);
+    let history = Arc::new(History::new(
+        counters.to_vec(),
+        Box::new(move || cache.mapped_bytes()),
+        std::time::Instant::now(),
+    ));
+    let config = StatsConfig {
+        secret,
+        allow: args.stats_allow.clone(),
+        connections_max: args.stats_connections_max,
+        idle_timeout_ms: args.stats_idle_ms,
+        server_name: hostname(),
+    };
+    stats_server::spawn(listener, config, history).map_err(|e| format!("stats thread: {e}"))?;
+    Ok(Some(bound))
+}
+
+/// This host's name, for the eAS0 welcome.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "uftpd".to_string())
 }

@@ -124,7 +124,14 @@ fn sigterm_lets_a_running_transfer_finish_then_exits_zero() {
         .unwrap();
     // ...but the running transfer completes.
     sock.send_to(&ack(1), tid).unwrap();
-    finish_rrq(&sock, tid, 2, &mut got);
+    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        finish_rrq(&sock, tid, 2, &mut got)
+    }));
+    assert!(
+        finished.is_ok(),
+        "transfer across SIGTERM:\n{}",
+        server.log()
+    );
     common::assert_same_bytes(&got, &want, "transfer across SIGTERM");
     assert!(
         recv_packet(&other, Duration::from_millis(100)).is_none(),
@@ -365,17 +372,19 @@ fn run_as_nobody_with_memlock(
     root: &std::path::Path,
     limit_kib: u32,
 ) -> (Option<std::process::ExitStatus>, String) {
-    run_as_nobody_with_memlock_for(root, limit_kib, Duration::from_secs(3))
+    run_as_nobody_with_memlock_until(root, limit_kib, Duration::from_secs(3), None)
 }
 
-/// The same, killing the server (SIGKILL: no teardown) after `wait`.
-fn run_as_nobody_with_memlock_for(
+/// The same, killing the server (SIGKILL: no teardown) after `wait`, or as
+/// soon as its stderr shows `until`.
+fn run_as_nobody_with_memlock_until(
     root: &std::path::Path,
     limit_kib: u32,
     wait: Duration,
+    until: Option<&str>,
 ) -> (Option<std::process::ExitStatus>, String) {
     let script = format!(
-        "ulimit -l {limit_kib} && exec {} --listen 127.0.0.1:0 --cores 2 {}",
+        "ulimit -l {limit_kib} && exec {} --no-stats --listen 127.0.0.1:0 --cores 2 {}",
         env!("CARGO_BIN_EXE_uftpd"),
         root.display()
     );
@@ -393,11 +402,31 @@ fn run_as_nobody_with_memlock_for(
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("setpriv");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        let mut e = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = e.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
     let deadline = Instant::now() + wait;
     let mut status = None;
     while Instant::now() < deadline {
         if let Ok(Some(s)) = child.try_wait() {
             status = Some(s);
+            break;
+        }
+        if until.is_some_and(|u| seen.lock().unwrap().contains(u)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -407,11 +436,8 @@ fn run_as_nobody_with_memlock_for(
     }
     // Reaps the child in every case (std keeps the status of a reaped one).
     let _ = child.wait();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let _ = reader.join();
+    let stderr = seen.lock().unwrap().clone();
     (status, stderr)
 }
 
@@ -457,8 +483,12 @@ fn a_low_memlock_limit_gets_reduced_rings_or_a_clear_message() {
     // pinned pages are released asynchronously, and 4 of 6 such starts
     // used to fail with "Cannot allocate memory".
     for round in 0..6 {
-        let (status, stderr) =
-            run_as_nobody_with_memlock_for(dir.path(), 64, Duration::from_millis(700));
+        let (status, stderr) = run_as_nobody_with_memlock_until(
+            dir.path(),
+            64,
+            Duration::from_secs(4),
+            Some("listening on"),
+        );
         assert!(
             status.is_none() && stderr.contains("listening on"),
             "restart {round}: {status:?} {stderr}"
@@ -582,7 +612,7 @@ fn a_client_that_goes_away_ends_its_session_at_the_first_retransmit() {
         }
         let client = sock.local_addr().unwrap();
         drop(sock); // the client's port closes: ICMP port unreachable
-        let line = format!("{client}: failed: peer's port closed");
+        let line = format!("to {client}: failed (unreachable): peer's port closed");
         assert!(
             log_shows(&server, &line, Duration::from_secs(3)),
             "no '{line}' in:\n{}",

@@ -62,7 +62,7 @@ impl InProcess {
             upload_locks: Default::default(),
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: 1000,
-            verbose: 0,
+            logger: uftpd::log::Logger::off(),
             ring_sizes: sizes,
             wake: wake.try_clone().unwrap(),
             faults,
@@ -323,7 +323,7 @@ fn an_upload_replaced_while_it_commits_is_discarded_and_says_nothing_more() {
         "a replaced upload was published"
     );
     let c = shard.stop();
-    assert_eq!(c.transfers_replaced, 1, "{c:?}");
+    assert_eq!(c.failed_replaced, 1, "{c:?}");
 }
 
 #[test]

@@ -39,10 +39,15 @@ use uftpd::proto::budget::SourceLimits;
 use uftpd::proto::client::{ClientEvent, ClientSession};
 use uftpd::proto::endpoint::{Decision, Endpoint, EndpointConfig, Ignored};
 use uftpd::proto::options::NegotiationLimits;
+use uftpd::proto::refusal::{Cause, Refusal};
 use uftpd::proto::server::{Event, ServerConfig, ServerSession};
 use uftpd::proto::sessions::{SessionId, Sessions};
 use uftpd::proto::transfer::{Outcome, TimerConfig, Transmit};
 use uftpd::proto::wire::{self, ErrorCode, Mode, OptionValues, Packet, RequestKind};
+
+/// How the simulated UEFI client ends its size probe.
+const PROBE_DONE: Refusal =
+    Refusal::new(ErrorCode::OptionRefused, "tsize probe done", Cause::Option);
 
 const FILENAME: &[u8] = b"boot/image.bin";
 /// Hard bound on loop iterations of one run.
@@ -910,8 +915,7 @@ impl Sim {
         }
         if self.abort_client_on_oack && matches!(packet, Packet::Oack { .. }) {
             // The UEFI probe: it only wanted tsize.
-            self.client
-                .abort(ErrorCode::OptionRefused, "tsize probe done");
+            self.client.abort(PROBE_DONE);
         }
         self.flush(Side::Client, trigger, before);
     }
@@ -1399,13 +1403,13 @@ fn uefi_tsize_probe_then_error_8() {
         assert_eq!(r.announced_size, Some(size as u64), "{ctx}");
         assert_eq!(
             r.server_outcome,
-            Some(Outcome::PeerError(8)),
+            Some(Outcome::SizeProbe),
             "{ctx}\n{}",
             r.summary()
         );
         assert_eq!(
             r.client_outcome,
-            Some(Outcome::Aborted(ErrorCode::OptionRefused)),
+            Some(Outcome::Aborted(PROBE_DONE)),
             "{ctx}"
         );
         assert_eq!(r.server().data, 0, "{ctx}");
@@ -1434,7 +1438,7 @@ fn uefi_tsize_probe_then_error_8() {
         assert!(
             matches!(
                 r.server_outcome,
-                Some(Outcome::PeerError(8) | Outcome::NoResponse)
+                Some(Outcome::SizeProbe | Outcome::NoResponse)
             ),
             "{ctx}\n{}",
             r.summary()

@@ -286,6 +286,10 @@ impl Harness {
                 assert!(self.got_last && self.committed, "{o:?} before the commit")
             }
             (_, Outcome::PeerError(code)) => assert_eq!(Some(code), self.peer_error),
+            // ERROR 8 in answer to the OACK, before any data (UEFI's probe).
+            (_, Outcome::SizeProbe) => {
+                assert!(self.peer_error == Some(8) && self.handshake, "{o:?}")
+            }
             (_, Outcome::NoResponse) => assert!(!self.session.is_verified()),
             _ => {}
         }
@@ -437,7 +441,7 @@ impl Harness {
                 if self.store_fails {
                     self.store_fails = false;
                     self.error_expected = true;
-                    self.session.abort(ErrorCode::DiskFull, "Disk full");
+                    self.session.abort(Refusal::DISK_FULL);
                 } else {
                     self.written_bytes += payload.len() as u64;
                     if last {
@@ -552,8 +556,7 @@ impl Harness {
                 if self.kind == RequestKind::Read {
                     let before = self.session.outcome();
                     self.error_expected = true;
-                    self.session
-                        .abort(ErrorCode::NotDefined, "File changed during transfer");
+                    self.session.abort(Refusal::FILE_CHANGED);
                     self.drain(Trigger::Other, before);
                 }
             }

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::sys::fs::{KernelMap, map_for_kernel};
@@ -94,6 +95,16 @@ pub struct FileCache {
     /// sending it; their total size is bounded by `netascii_budget_bytes`.
     netascii: Mutex<HashMap<FileKey, Arc<Source>>>,
     netascii_budget_bytes: u64,
+    /// Bytes of the maps in `entries`, kept for the stats thread (which
+    /// then never takes the lock the shards use).
+    mapped_bytes: AtomicU64,
+}
+
+/// Whether [`FileCache::get`] found the file's map already held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Hit,
+    Miss,
 }
 
 fn key_of(file: &File) -> io::Result<FileKey> {
@@ -117,6 +128,7 @@ impl FileCache {
             entries_max: entries_max.max(1),
             netascii: Mutex::new(HashMap::new()),
             netascii_budget_bytes,
+            mapped_bytes: AtomicU64::new(0),
         }
     }
 
@@ -178,12 +190,12 @@ impl FileCache {
     }
 
     /// The map of this open file's current version.
-    pub fn get(&self, file: &File) -> io::Result<Arc<Source>> {
+    pub fn get(&self, file: &File) -> io::Result<(Arc<Source>, Lookup)> {
         let key = key_of(file)?;
         if let Ok(entries) = self.entries.read()
             && let Some(hit) = entries.get(&key)
         {
-            return Ok(Arc::clone(hit));
+            return Ok((Arc::clone(hit), Lookup::Hit));
         }
         let source = if key.size_bytes == 0 {
             Source::Owned(Vec::new())
@@ -193,7 +205,7 @@ impl FileCache {
         };
         let source = Arc::new(source);
         let Ok(mut entries) = self.entries.write() else {
-            return Ok(source); // poisoned: serve uncached rather than fail
+            return Ok((source, Lookup::Miss)); // poisoned: serve uncached rather than fail
         };
         if entries.len() >= self.entries_max {
             // Drop versions no transfer holds any more.
@@ -204,7 +216,15 @@ impl FileCache {
         if entries.len() < self.entries_max {
             entries.insert(key, Arc::clone(&source));
         }
-        Ok(source)
+        self.mapped_bytes
+            .store(entries.values().map(|s| s.len()).sum(), Ordering::Relaxed);
+        Ok((source, Lookup::Miss))
+    }
+
+    /// Bytes of the file maps held now (what `uftpd_cache_mapped_bytes`
+    /// reports); lock-free.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mapped_bytes.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {

@@ -5,6 +5,6 @@ pub mod filemap;
 pub mod resolve;
 pub mod upload;
 
-pub use filemap::{FileCache, NetasciiError, Source};
+pub use filemap::{FileCache, Lookup, NetasciiError, Source};
 pub use resolve::{PathRefusal, Root};
 pub use upload::{Overwrite, Upload, UploadError, UploadLocks, UploadPolicy};

@@ -5,11 +5,12 @@ use std::time::Instant;
 
 use super::options::parse_decimal;
 use super::receiver::{self, DataVerdict, FinalAck, Receiver};
+use super::refusal::Refusal;
 use super::sender::{self, Sender};
 use super::transfer::{Outcome, TimerConfig, Transmit};
 use super::wire::{
-    self, BLKSIZE_DEFAULT, BLKSIZE_MAX, BLKSIZE_MIN, ErrorCode, Mode, OptionIter, OptionValues,
-    Packet, RequestKind,
+    self, BLKSIZE_DEFAULT, BLKSIZE_MAX, BLKSIZE_MIN, Mode, OptionIter, OptionValues, Packet,
+    RequestKind,
 };
 
 #[derive(Debug)]
@@ -98,7 +99,7 @@ impl<'n> ClientSession<'n> {
     pub fn handle(&mut self, packet: &Packet<'_>, now: Instant) -> ClientEvent {
         if let Packet::Oack { options } = packet {
             let Some((blksize, windowsize, tsize)) = self.accept_oack(options) else {
-                self.abort(ErrorCode::OptionRefused, "Bad OACK");
+                self.abort(Refusal::BAD_OACK);
                 return ClientEvent::Nothing;
             };
             self.announced_size_bytes = tsize;
@@ -165,10 +166,10 @@ impl<'n> ClientSession<'n> {
         }
     }
 
-    pub fn abort(&mut self, code: ErrorCode, message: &'static str) {
+    pub fn abort(&mut self, refusal: Refusal) {
         match &mut self.machine {
-            Machine::Read(r) => r.abort(code, message),
-            Machine::Write(s) => s.abort(code, message),
+            Machine::Read(r) => r.abort(refusal),
+            Machine::Write(s) => s.abort(refusal),
         }
     }
 

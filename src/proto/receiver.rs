@@ -9,8 +9,8 @@
 use std::time::Instant;
 
 use super::block;
+use super::refusal::Refusal;
 use super::transfer::{Outcome, RetransmitTimer, TimerConfig, TimerVerdict, Transmit};
-use super::wire::ErrorCode;
 
 /// The control packet that opens the transfer and is resent until DATA 1
 /// arrives.
@@ -43,6 +43,10 @@ pub struct ReceiverCounters {
     pub duplicate_blocks: u64,
     pub out_of_order_blocks: u64,
     pub acks_sent: u64,
+    /// First replies and ACKs sent again after a timeout.
+    pub acks_resent: u64,
+    /// Payload bytes of the blocks accepted in order (what was delivered).
+    pub payload_bytes: u64,
 }
 
 /// When the last block is acknowledged.
@@ -161,12 +165,7 @@ impl Receiver {
             return DataVerdict::Ignore;
         }
         if payload_len > usize::from(self.blksize) {
-            self.pending = Some(Transmit::Error {
-                code: ErrorCode::IllegalOperation,
-                message: "DATA larger than the negotiated blksize",
-            });
-            self.outcome = Some(Outcome::Aborted(ErrorCode::IllegalOperation));
-            self.timer.stop();
+            self.abort(Refusal::OVERSIZED_DATA);
             return DataVerdict::Reject;
         }
         let index = block::unwrap(wire_block, self.received);
@@ -175,6 +174,7 @@ impl Receiver {
             self.verified = true;
             self.received = index;
             self.counters.blocks_received += 1;
+            self.counters.payload_bytes += payload_len as u64;
             self.timer.progress(now);
             let last = payload_len < usize::from(self.blksize);
             if last {
@@ -249,10 +249,10 @@ impl Receiver {
     }
 
     /// The data could not be made durable: end with this ERROR.
-    pub fn commit_failed(&mut self, code: ErrorCode, message: &'static str) {
+    pub fn commit_failed(&mut self, refusal: Refusal) {
         if matches!(self.ending, Ending::Committing { .. }) {
             self.ending = Ending::Receiving;
-            self.abort(code, message);
+            self.abort(refusal);
         }
     }
 
@@ -273,6 +273,7 @@ impl Receiver {
         match self.timer.on_timeout(now, self.verified) {
             TimerVerdict::NotDue | TimerVerdict::HoldQuiet => {}
             TimerVerdict::Resend => {
+                self.counters.acks_resent += 1;
                 if self.handshake.is_some() {
                     self.queue_handshake();
                 } else {
@@ -312,10 +313,13 @@ impl Receiver {
     }
 
     /// Ends the transfer with an ERROR of ours (disk full, write failure).
-    pub fn abort(&mut self, code: ErrorCode, message: &'static str) {
+    pub fn abort(&mut self, refusal: Refusal) {
         if self.outcome.is_none() {
-            self.pending = Some(Transmit::Error { code, message });
-            self.outcome = Some(Outcome::Aborted(code));
+            self.pending = Some(Transmit::Error {
+                code: refusal.code,
+                message: refusal.message,
+            });
+            self.outcome = Some(Outcome::Aborted(refusal));
             self.final_index = None;
             self.timer.stop();
         }
@@ -414,6 +418,7 @@ impl Receiver {
 mod tests {
     use super::*;
     use crate::proto::transfer::TEST_TIMER as TIMER;
+    use crate::proto::wire::ErrorCode;
     use std::time::Duration;
 
     const IMMEDIATE: FinalAck = FinalAck::Immediate;
@@ -509,15 +514,15 @@ mod tests {
         );
         r.poll_transmit();
         r.handle_data(1, 0, t0);
-        r.commit_failed(ErrorCode::DiskFull, "Disk full");
+        r.commit_failed(Refusal::DISK_FULL);
         assert_eq!(
             r.poll_transmit(),
             Some(Transmit::Error {
                 code: ErrorCode::DiskFull,
-                message: "Disk full"
+                message: Refusal::DISK_FULL.message
             })
         );
-        assert_eq!(r.outcome(), Some(Outcome::Aborted(ErrorCode::DiskFull)));
+        assert_eq!(r.outcome(), Some(Outcome::Aborted(Refusal::DISK_FULL)));
 
         let mut r = Receiver::new(
             512,

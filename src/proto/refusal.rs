@@ -1,6 +1,7 @@
-//! Why a request is refused: the ERROR the client gets and the cause the
-//! counters record. One type for every refusal, from option negotiation to
-//! path resolution to limits.
+//! An ERROR of ours and why: refusing a request (option negotiation, path
+//! resolution, limits) or ending a transfer under way (disk, file changed,
+//! shutdown). The code and message go on the wire; the cause goes to the
+//! counters and the logs.
 
 use super::wire::ErrorCode;
 
@@ -24,6 +25,32 @@ pub enum Cause {
     Disk,
     /// Anything else the server could not do (ERROR 0).
     Internal,
+    /// The file sent shrank or changed under its map (ERROR 0).
+    FileChanged,
+    /// An upload whose size differs from the tsize it announced (ERROR 0).
+    SizeMismatch,
+    /// The server is shutting down (ERROR 0).
+    Shutdown,
+}
+
+impl Cause {
+    /// The word for this cause in logs, JSON and metric labels (a contract:
+    /// see README "Transfer logs" and docs/metrics.md).
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::NotFound => "not_found",
+            Cause::Access => "access",
+            Cause::Limit => "limit",
+            Cause::Busy => "busy",
+            Cause::Malformed => "malformed",
+            Cause::Option => "option",
+            Cause::Disk => "disk",
+            Cause::Internal => "internal",
+            Cause::FileChanged => "file_changed",
+            Cause::SizeMismatch => "size_mismatch",
+            Cause::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// The ERROR a refused request gets, and why.
@@ -77,7 +104,7 @@ impl Refusal {
     pub const SIZE_MISMATCH: Refusal = Refusal::new(
         ErrorCode::NotDefined,
         "Received size differs from tsize",
-        Cause::Disk,
+        Cause::SizeMismatch,
     );
     pub const UPLOADS_DISABLED: Refusal = Refusal::new(
         ErrorCode::AccessViolation,
@@ -111,6 +138,25 @@ impl Refusal {
         "File too large for netascii; use octet",
         Cause::Limit,
     );
+    pub const FILE_CHANGED: Refusal = Refusal::new(
+        ErrorCode::NotDefined,
+        "File changed during transfer",
+        Cause::FileChanged,
+    );
+    pub const SHUTTING_DOWN: Refusal = Refusal::new(
+        ErrorCode::NotDefined,
+        "Server shutting down",
+        Cause::Shutdown,
+    );
+    pub const OVERSIZED_DATA: Refusal = Refusal::new(
+        ErrorCode::IllegalOperation,
+        "DATA larger than the negotiated blksize",
+        Cause::Malformed,
+    );
+    pub const BAD_OACK: Refusal = Refusal::new(ErrorCode::OptionRefused, "Bad OACK", Cause::Option);
+    /// A session ended without a reason of its own (a bug, or teardown).
+    pub const INTERNAL: Refusal =
+        Refusal::new(ErrorCode::NotDefined, "Internal error", Cause::Internal);
     pub const NO_TRANSFER_PORT: Refusal = Refusal::new(
         ErrorCode::NotDefined,
         "Cannot open a transfer port",

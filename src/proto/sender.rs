@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use super::block;
+use super::refusal::Refusal;
 use super::transfer::{Outcome, RetransmitTimer, TimerConfig, TimerVerdict, Transmit};
 use super::wire::ErrorCode;
 
@@ -135,7 +136,15 @@ impl Sender {
 
     pub fn handle_error(&mut self, code: u16) {
         if self.outcome.is_none() {
-            self.outcome = Some(Outcome::PeerError(code));
+            // ERROR 8 in answer to our OACK: the peer only wanted the
+            // negotiated values (UEFI reads tsize this way, then asks again).
+            let probe =
+                code == ErrorCode::OptionRefused as u16 && self.handshake == Some(Handshake::Oack);
+            self.outcome = Some(if probe {
+                Outcome::SizeProbe
+            } else {
+                Outcome::PeerError(code)
+            });
             self.pending = None;
             self.timer.stop();
         }
@@ -191,10 +200,13 @@ impl Sender {
     }
 
     /// Ends the transfer with an ERROR of ours (e.g. the file went away).
-    pub fn abort(&mut self, code: ErrorCode, message: &'static str) {
+    pub fn abort(&mut self, refusal: Refusal) {
         if self.outcome.is_none() {
-            self.pending = Some(Transmit::Error { code, message });
-            self.outcome = Some(Outcome::Aborted(code));
+            self.pending = Some(Transmit::Error {
+                code: refusal.code,
+                message: refusal.message,
+            });
+            self.outcome = Some(Outcome::Aborted(refusal));
             self.timer.stop();
         }
     }
@@ -225,6 +237,13 @@ impl Sender {
 
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes
+    }
+
+    /// Bytes the peer has acknowledged (all of them once complete).
+    pub fn bytes_acked(&self) -> u64 {
+        self.acked
+            .saturating_mul(u64::from(self.blksize))
+            .min(self.size_bytes)
     }
 
     pub fn is_verified(&self) -> bool {

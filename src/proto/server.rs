@@ -9,7 +9,7 @@ use super::receiver::{self, DataVerdict, FinalAck, Receiver};
 use super::refusal::Refusal;
 use super::sender::{self, Sender};
 use super::transfer::{Outcome, TimerConfig, Transmit};
-use super::wire::{self, ErrorCode, Mode, Packet, Request, RequestKind};
+use super::wire::{self, Mode, Packet, Request, RequestKind};
 
 #[derive(Clone, Copy, Debug)]
 pub struct ServerConfig {
@@ -139,7 +139,7 @@ impl ServerSession {
     /// An upload's data could not be made durable: end with this ERROR.
     pub fn commit_failed(&mut self, refusal: Refusal) {
         if let Machine::Write(r) = &mut self.machine {
-            r.commit_failed(refusal.code, refusal.message);
+            r.commit_failed(refusal);
         }
     }
 
@@ -181,10 +181,28 @@ impl ServerSession {
         }
     }
 
-    pub fn abort(&mut self, code: ErrorCode, message: &'static str) {
+    /// Ends the transfer with an ERROR of ours.
+    pub fn abort(&mut self, refusal: Refusal) {
         match &mut self.machine {
-            Machine::Read(s) => s.abort(code, message),
-            Machine::Write(r) => r.abort(code, message),
+            Machine::Read(s) => s.abort(refusal),
+            Machine::Write(r) => r.abort(refusal),
+        }
+    }
+
+    /// File bytes delivered so far: acknowledged by the peer (RRQ) or
+    /// received in order (WRQ).
+    pub fn bytes_delivered(&self) -> u64 {
+        match &self.machine {
+            Machine::Read(s) => s.bytes_acked(),
+            Machine::Write(r) => r.counters().payload_bytes,
+        }
+    }
+
+    /// Blocks sent again (RRQ) or ACKs repeated (WRQ) after a timeout.
+    pub fn retransmissions(&self) -> u64 {
+        match &self.machine {
+            Machine::Read(s) => s.counters().blocks_resent,
+            Machine::Write(r) => r.counters().acks_resent,
         }
     }
 

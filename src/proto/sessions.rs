@@ -326,7 +326,7 @@ impl<T> Sessions<T> {
     /// back its entry.
     pub fn release(&mut self, id: SessionId) -> Option<Entry<T>> {
         if self.get(id).is_some_and(|e| e.is_live()) {
-            self.retire(id, Outcome::Aborted(super::wire::ErrorCode::NotDefined));
+            self.retire(id, Outcome::Aborted(super::refusal::Refusal::INTERNAL));
         }
         let slot = self.slots.get_mut(id.index as usize)?;
         if slot.generation != id.generation {

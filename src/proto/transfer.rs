@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::refusal::{Cause, Refusal};
 use super::wire::ErrorCode;
 
 /// A packet a state machine wants sent. Data is described, not copied: the
@@ -36,13 +37,16 @@ pub enum Outcome {
     CompleteUnconfirmed,
     /// The peer sent ERROR with this code.
     PeerError(u16),
+    /// The peer read our OACK and ended with ERROR 8 before any data: how
+    /// UEFI (EDK II) learns a file's size (tsize) before asking again.
+    SizeProbe,
     /// The peer stopped answering within the retry budget.
     TimedOut,
     /// The peer never answered our first reply, which we resent only once:
     /// a spoofed request must not make us a reflector.
     NoResponse,
-    /// We ended the transfer with an ERROR of our own.
-    Aborted(ErrorCode),
+    /// We ended the transfer with an ERROR of our own, for this reason.
+    Aborted(Refusal),
     /// ICMP said the peer's port is closed (the client went away).
     Unreachable,
     /// A different request from the peer's address and port took its place
@@ -53,9 +57,101 @@ pub enum Outcome {
     Evicted,
 }
 
+/// Why a transfer did not complete: the `reason` of logs, JSON and the
+/// `uftpd_transfers_failed_total` metric (a contract: keep the labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// The peer stopped answering within the retry budget.
+    Timeout,
+    /// The peer never answered our first reply.
+    NoResponse,
+    /// The peer ended it with an ERROR (other than a size probe).
+    ClientError,
+    /// UEFI's tsize probe: OACK read, then ERROR 8 (expected, not a fault).
+    UefiProbe,
+    /// ICMP port unreachable from the peer.
+    Unreachable,
+    /// A write or fsync of an upload failed, or the disk is full.
+    Disk,
+    /// The file being sent changed or shrank under its map.
+    FileChanged,
+    /// An upload's size differed from its announced tsize.
+    SizeMismatch,
+    /// Ended by the server's shutdown.
+    Shutdown,
+    /// The peer broke the protocol (oversized DATA, a bad OACK).
+    Protocol,
+    /// A new request from the peer's port took its place.
+    Replaced,
+    /// Never answered; its place in a full table went to a new request.
+    Evicted,
+    /// Anything else.
+    Internal,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 13] = [
+        Failure::Timeout,
+        Failure::NoResponse,
+        Failure::ClientError,
+        Failure::UefiProbe,
+        Failure::Unreachable,
+        Failure::Disk,
+        Failure::FileChanged,
+        Failure::SizeMismatch,
+        Failure::Shutdown,
+        Failure::Protocol,
+        Failure::Replaced,
+        Failure::Evicted,
+        Failure::Internal,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::NoResponse => "no_response",
+            Failure::ClientError => "client_error",
+            Failure::UefiProbe => "uefi_probe",
+            Failure::Unreachable => "unreachable",
+            Failure::Disk => "disk",
+            Failure::FileChanged => "file_changed",
+            Failure::SizeMismatch => "size_mismatch",
+            Failure::Shutdown => "shutdown",
+            Failure::Protocol => "protocol",
+            Failure::Replaced => "replaced",
+            Failure::Evicted => "evicted",
+            Failure::Internal => "internal",
+        }
+    }
+}
+
 impl Outcome {
     pub fn is_success(self) -> bool {
         matches!(self, Outcome::Complete | Outcome::CompleteUnconfirmed)
+    }
+
+    /// Why it failed; `None` for a completed transfer.
+    pub fn failure(self) -> Option<Failure> {
+        Some(match self {
+            Outcome::Complete | Outcome::CompleteUnconfirmed => return None,
+            Outcome::PeerError(_) => Failure::ClientError,
+            Outcome::SizeProbe => Failure::UefiProbe,
+            Outcome::TimedOut => Failure::Timeout,
+            Outcome::NoResponse => Failure::NoResponse,
+            Outcome::Unreachable => Failure::Unreachable,
+            Outcome::Replaced => Failure::Replaced,
+            Outcome::Evicted => Failure::Evicted,
+            Outcome::Aborted(r) => match r.cause {
+                Cause::Disk => Failure::Disk,
+                Cause::FileChanged => Failure::FileChanged,
+                Cause::SizeMismatch => Failure::SizeMismatch,
+                Cause::Shutdown => Failure::Shutdown,
+                Cause::Malformed | Cause::Option => Failure::Protocol,
+                Cause::NotFound | Cause::Access | Cause::Limit | Cause::Busy | Cause::Internal => {
+                    Failure::Internal
+                }
+            },
+        })
     }
 }
 
@@ -65,9 +161,12 @@ impl std::fmt::Display for Outcome {
             Outcome::Complete => f.write_str("complete"),
             Outcome::CompleteUnconfirmed => f.write_str("complete (final ACK missing)"),
             Outcome::PeerError(code) => write!(f, "ended by peer ERROR {code}"),
+            Outcome::SizeProbe => f.write_str("size probe (peer ended after the OACK)"),
             Outcome::TimedOut => f.write_str("failed: peer stopped answering"),
             Outcome::NoResponse => f.write_str("failed: peer never answered"),
-            Outcome::Aborted(code) => write!(f, "aborted with ERROR {}", *code as u16),
+            Outcome::Aborted(r) => {
+                write!(f, "aborted with ERROR {}: {}", r.code as u16, r.message)
+            }
             Outcome::Unreachable => f.write_str("failed: peer's port closed"),
             Outcome::Replaced => f.write_str("replaced by a new request"),
             Outcome::Evicted => {

@@ -133,6 +133,24 @@ fn split_cstr(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((bytes.get(..nul)?, bytes.get(nul + 1..)?))
 }
 
+/// What can be read of a file name from a datagram that may not be a
+/// well-formed request (for logging a refusal): the bytes after an RRQ or
+/// WRQ opcode up to the first NUL, at most [`FILENAME_LOG_BYTES_MAX`];
+/// empty for anything else.
+pub fn request_filename(raw: &[u8]) -> &[u8] {
+    match read_u16(raw, 0) {
+        Some(OP_RRQ | OP_WRQ) => {
+            let body = raw.get(2..).unwrap_or_default();
+            let name = split_cstr(body).map_or(body, |(name, _)| name);
+            name.get(..FILENAME_LOG_BYTES_MAX).unwrap_or(name)
+        }
+        _ => &[],
+    }
+}
+
+/// The longest file name a refusal's log line quotes from a malformed request.
+pub const FILENAME_LOG_BYTES_MAX: usize = 256;
+
 impl<'a> Packet<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Packet<'a>, WireError> {
         let opcode = read_u16(bytes, 0).ok_or(WireError::Truncated)?;

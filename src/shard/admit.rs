@@ -5,15 +5,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
-use crate::cache::{NetasciiError, PathRefusal, Upload, UploadError};
+use crate::cache::{Lookup, NetasciiError, PathRefusal, Upload, UploadError};
+use crate::log::{Body, Level, Record, RefusedLog, RequestLog};
 use crate::proto::endpoint::{Decision, Ignored};
 use crate::proto::netascii;
 use crate::proto::refusal::{Cause, Refusal};
 use crate::proto::server::ServerSession;
 use crate::proto::transfer::Outcome;
-use crate::proto::wire::{self, Mode, Request, RequestKind};
+use crate::proto::wire::{self, Mode, Packet, Request, RequestKind};
 use crate::sys::net;
 use crate::uring::{self, Buffer, Group, Owner, Payload};
 
@@ -66,6 +67,9 @@ impl Shard {
             let c = &self.ctx.counters;
             c.packets_received.inc();
             c.bytes_received.add(raw.len() as u64);
+            if self.ctx.logger.enabled(Level::Debug) {
+                self.log_request(peer, &raw);
+            }
             let decision = self
                 .endpoint
                 .decide(&mut self.sessions, peer, &raw, truncated, now);
@@ -84,30 +88,30 @@ impl Shard {
         now: Instant,
     ) {
         let c = &self.ctx.counters;
-        if !matches!(
-            decision,
-            Decision::Ignore(Ignored::Garbage | Ignored::NotARequest | Ignored::Truncated)
-        ) {
-            match raw.get(..2) {
-                Some([0, 1]) => c.requests_read.inc(),
-                Some([0, 2]) => c.requests_write.inc(),
-                _ => {}
+        // Every datagram counts once: a well-formed RRQ or WRQ (repeats
+        // included), or malformed.
+        let malformed = match &decision {
+            Decision::Ignore(Ignored::Garbage | Ignored::Truncated) => true,
+            Decision::Refuse(r) => r.cause == Cause::Malformed,
+            _ => false,
+        };
+        match raw.get(..2) {
+            // Not a request at all (tftp-hpa's client ACKs the ERROR it
+            // gets from the service port): not counted as one.
+            _ if decision == Decision::Ignore(Ignored::NotARequest) => {
+                c.service_packets_ignored.inc()
             }
+            _ if malformed => c.requests_malformed.inc(),
+            Some([0, 1]) => c.requests_read.inc(),
+            Some([0, 2]) => c.requests_write.inc(),
+            _ => c.requests_malformed.inc(),
         }
         match decision {
             Decision::Ignore(Ignored::StaleRepeat) => c.requests_stale.inc(),
             Decision::Ignore(Ignored::Draining) => c.requests_ignored.inc(),
             Decision::Ignore(Ignored::RateLimited) => c.requests_rate_limited.inc(),
-            Decision::Ignore(_) => c.requests_malformed.inc(),
-            Decision::Refuse(r) => {
-                match r.cause {
-                    Cause::Malformed => c.requests_malformed.inc(),
-                    Cause::Limit => c.sessions_refused_limit.inc(),
-                    Cause::Busy => c.sessions_refused_busy.inc(),
-                    _ => c.sessions_refused.inc(),
-                }
-                self.refuse(service, peer, local, r);
-            }
+            Decision::Ignore(_) => {}
+            Decision::Refuse(r) => self.refuse(service, peer, local, r, raw),
             Decision::Repeat(id) => {
                 c.requests_duplicate.inc();
                 if let Some(entry) = self.sessions.get_mut(id) {
@@ -136,16 +140,62 @@ impl Shard {
         }
     }
 
-    /// ERROR from the service socket, from the address the request came to.
+    /// A request as it arrived, at debug level (before any decision).
+    fn log_request(&self, peer: SocketAddr, raw: &[u8]) {
+        let Ok(Packet::Request(r)) = Packet::parse(raw) else {
+            return;
+        };
+        self.log(
+            Level::Debug,
+            Body::Request(RequestLog {
+                peer,
+                kind: r.kind,
+                filename: r.filename.into(),
+                mode: r.mode,
+                options: r.options.into(),
+            }),
+        );
+    }
+
+    /// Queues a log record; never waits (a full queue drops and counts it).
+    pub(super) fn log(&self, level: Level, body: Body) {
+        let record = Record {
+            at: SystemTime::now(),
+            level,
+            shard: Some(self.ctx.shard),
+            body,
+        };
+        if self.ctx.logger.send(record).is_err() {
+            self.ctx.counters.log_events_dropped.inc();
+        }
+    }
+
+    /// ERROR from the service socket, from the address the request came to;
+    /// counted by cause and logged with the file the request named.
     pub(super) fn refuse(
         &mut self,
         service: usize,
         peer: SocketAddr,
         local: SocketAddr,
         refusal: Refusal,
+        raw: &[u8],
     ) {
-        if self.ctx.verbose >= 2 {
-            crate::log!("uftpd: refused {peer}: {}", refusal.message);
+        self.ctx.counters.refused(refusal.cause).inc();
+        if self.ctx.logger.enabled(Level::Info) {
+            let (kind, filename) = match Packet::parse(raw) {
+                Ok(Packet::Request(r)) => (Some(r.kind), r.filename),
+                // Not a request: name what can be read of one.
+                _ => (None, wire::request_filename(raw)),
+            };
+            self.log(
+                Level::Info,
+                Body::Refused(RefusedLog {
+                    peer,
+                    kind,
+                    filename: filename.into(),
+                    refusal,
+                }),
+            );
         }
         let Some(svc) = self.services.get(service) else {
             return;
@@ -180,11 +230,7 @@ impl Shard {
         let (session, store, payload) = match opened {
             Ok(parts) => parts,
             Err(r) => {
-                match r.cause {
-                    Cause::Busy => self.ctx.counters.sessions_refused_busy.inc(),
-                    _ => self.ctx.counters.sessions_refused.inc(),
-                }
-                self.refuse(service, peer, local, r);
+                self.refuse(service, peer, local, r, raw);
                 return;
             }
         };
@@ -192,13 +238,11 @@ impl Shard {
             Ok(s) => s,
             Err(e) => {
                 let r = if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
-                    self.ctx.counters.sessions_refused_busy.inc();
                     Refusal::BUSY
                 } else {
-                    self.ctx.counters.sessions_refused.inc();
                     Refusal::NO_TRANSFER_PORT
                 };
-                self.refuse(service, peer, local, r);
+                self.refuse(service, peer, local, r, raw);
                 return;
             }
         };
@@ -227,22 +271,22 @@ impl Shard {
             owed: None,
             waiting: false,
             filename: request.filename.into(),
+            reported: false,
+            published: None,
         };
         let id = match self.sessions.insert(peer, raw, session, slot, now) {
             Ok(id) => id,
             Err(_) => {
                 // The endpoint checked for room; only a bug gets here.
                 debug_assert!(false, "no slot after the endpoint admitted");
-                self.ctx.counters.sessions_refused_busy.inc();
-                self.refuse(service, peer, local, Refusal::BUSY);
+                self.refuse(service, peer, local, Refusal::BUSY, raw);
                 return;
             }
         };
         let owner = Owner::new(id.index());
         if self.io.install(owner, socket).is_err() {
             self.sessions.release(id);
-            self.ctx.counters.sessions_refused_busy.inc();
-            self.refuse(service, peer, local, Refusal::BUSY);
+            self.refuse(service, peer, local, Refusal::BUSY, raw);
             return;
         }
         if let Some(payload) = payload {
@@ -269,11 +313,18 @@ impl Shard {
             .open_read(request.filename, &mut self.scratch.name)
             .map_err(path_refusal)?;
         let source = match request.mode {
-            Mode::Octet => self
-                .ctx
-                .cache
-                .get(&file)
-                .map_err(|_| Refusal::CANNOT_READ)?,
+            Mode::Octet => {
+                let (source, lookup) = self
+                    .ctx
+                    .cache
+                    .get(&file)
+                    .map_err(|_| Refusal::CANNOT_READ)?;
+                match lookup {
+                    Lookup::Hit => self.ctx.counters.cache_hits.inc(),
+                    Lookup::Miss => self.ctx.counters.cache_misses.inc(),
+                }
+                source
+            }
             Mode::Netascii => self
                 .ctx
                 .cache

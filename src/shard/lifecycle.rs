@@ -2,11 +2,13 @@
 //! logging it, handing its owner back to the ring), releasing its slot once
 //! the ring says its I/O has settled, and the shutdown drain.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use crate::log::{Body, Record, TransferLog};
+
+use crate::proto::refusal::Refusal;
 use crate::proto::sessions::SessionId;
 use crate::proto::transfer::Outcome;
-use crate::proto::wire::{ErrorCode, RequestKind};
 use crate::uring::Owner;
 
 use super::{IDLE_WAKE_MS, Role, Shard};
@@ -53,35 +55,58 @@ impl Shard {
         if !entry.is_live() {
             return;
         }
-        let c = &self.ctx.counters;
-        match outcome {
-            Outcome::Complete => c.transfers_completed.inc(),
-            Outcome::CompleteUnconfirmed => c.transfers_unconfirmed.inc(),
-            Outcome::TimedOut => c.failed_timeout.inc(),
-            Outcome::NoResponse => c.failed_no_response.inc(),
-            Outcome::PeerError(_) => c.failed_peer_error.inc(),
-            Outcome::Unreachable => c.failed_unreachable.inc(),
-            Outcome::Aborted(_) => c.failed_aborted.inc(),
-            Outcome::Replaced => c.transfers_replaced.inc(),
-            Outcome::Evicted => c.failed_evicted.inc(),
-        }
-        if let Some(sender) = entry.session.sender() {
-            c.blocks_resent.add(sender.counters().blocks_resent);
-        }
-        if self.ctx.verbose >= 1 {
-            let read = entry.session.kind() == RequestKind::Read;
-            crate::log!(
-                "uftpd: {} {} {} {}: {} after {} ms",
-                if read { "RRQ" } else { "WRQ" },
-                String::from_utf8_lossy(&entry.io.filename),
-                if read { "to" } else { "from" },
-                entry.peer,
-                outcome,
-                entry.started.elapsed().as_millis()
-            );
-        }
+        self.report(id, outcome);
         self.sessions.retire(id, outcome);
         self.io.retire(Owner::new(id.index()));
+    }
+
+    /// Counts and logs how a transfer ended, once: when it ends, or for an
+    /// upload when its final ACK is released (the dally that follows, for
+    /// a lost final ACK, is not part of the transfer).
+    pub(super) fn report(&mut self, id: SessionId, outcome: Outcome) {
+        let Shard { sessions, ctx, .. } = self;
+        let Some(entry) = sessions.get_mut(id) else {
+            return;
+        };
+        if entry.io.reported {
+            return;
+        }
+        entry.io.reported = true;
+        let c = &ctx.counters;
+        c.record_outcome(outcome);
+        let session = &entry.session;
+        c.blocks_resent
+            .add(session.sender().map_or(0, |s| s.counters().blocks_resent));
+        let negotiated = session.negotiated();
+        let log = TransferLog {
+            peer: entry.peer,
+            kind: session.kind(),
+            filename: std::mem::take(&mut entry.io.filename),
+            mode: session.mode(),
+            bytes: session.bytes_delivered(),
+            size_bytes: match session.sender() {
+                Some(s) => Some(s.size_bytes()),
+                None => negotiated.oack.tsize_bytes,
+            },
+            duration_us: entry.started.elapsed().as_micros() as u64,
+            blksize: negotiated.blksize,
+            windowsize: negotiated.windowsize,
+            retransmissions: session.retransmissions(),
+            outcome,
+            published: entry.io.published,
+        };
+        let level = log.level();
+        if ctx.logger.enabled(level) {
+            let record = Record {
+                at: SystemTime::now(),
+                level,
+                shard: Some(ctx.shard),
+                body: Body::Transfer(log),
+            };
+            if ctx.logger.send(record).is_err() {
+                c.log_events_dropped.inc();
+            }
+        }
     }
 
     /// Frees the slots of sessions whose ring owners have settled: their
@@ -161,9 +186,7 @@ impl Shard {
                     && entry.is_live()
                     && !entry.session.is_committing()
                 {
-                    entry
-                        .session
-                        .abort(ErrorCode::NotDefined, "Server shutting down");
+                    entry.session.abort(Refusal::SHUTTING_DOWN);
                     self.pump(id);
                 }
             }

@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cache::{FileCache, Root, UploadLocks, UploadPolicy};
+use crate::log::Logger;
 use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::server::ServerConfig;
 use crate::proto::sessions::Sessions;
@@ -66,7 +67,8 @@ pub struct ShardSetup {
     pub upload_locks: Arc<UploadLocks>,
     pub netascii_bytes_max: u64,
     pub grace_ms: u64,
-    pub verbose: u8,
+    /// Where transfer, refusal and request records go (never waited for).
+    pub logger: Logger,
     pub ring_sizes: RingSizes,
     /// This shard's own eventfd: `main` writes it after changing the
     /// control state; the shard keeps one read armed on it.
@@ -187,7 +189,9 @@ struct Context {
     upload_locks: Arc<UploadLocks>,
     netascii_bytes_max: u64,
     grace_ms: u64,
-    verbose: u8,
+    logger: Logger,
+    /// This shard's index, in its log records.
+    shard: u16,
 }
 
 /// Buffers allocated at start-up and reused for every request.
@@ -267,7 +271,8 @@ impl Shard {
                 upload_locks: setup.upload_locks,
                 netascii_bytes_max: setup.netascii_bytes_max,
                 grace_ms: setup.grace_ms,
-                verbose: setup.verbose,
+                logger: setup.logger,
+                shard: setup.index as u16,
             },
             scratch: Scratch {
                 name: Vec::with_capacity(1024),
@@ -341,7 +346,10 @@ impl Shard {
                 break;
             }
         }
-        self.ctx.counters.record_ring(&self.io.stats());
+        let c = &self.ctx.counters;
+        c.record_ring(&self.io.stats());
+        c.sessions_active.set(self.sessions.live() as u64);
+        c.sessions_unverified.set(self.sessions.unverified() as u64);
     }
 
     fn on_completion(&mut self, c: Completion, now: Instant) {

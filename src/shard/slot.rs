@@ -4,6 +4,7 @@
 //! table's; an upload's commit progress is its receiver's.
 
 use crate::cache::Upload;
+use crate::log::Published;
 use crate::proto::netascii;
 use crate::proto::transfer::Transmit;
 use crate::uring::Group;
@@ -38,7 +39,13 @@ pub(super) struct Slot {
     pub owed: Option<Transmit>,
     /// In the shard's queue of sessions waiting for send slots.
     pub waiting: bool,
+    /// For the transfer's log line (taken when it is written).
     pub filename: Box<[u8]>,
+    /// The transfer's outcome was counted and logged already: an upload is
+    /// reported when its final ACK goes out, not after its dally.
+    pub reported: bool,
+    /// An upload's commit put its file in place: created or replaced.
+    pub published: Option<Published>,
 }
 
 /// Fsync steps of an upload's commit, carried in the completion.

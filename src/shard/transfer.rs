@@ -5,10 +5,11 @@
 
 use std::time::Instant;
 
+use crate::log::Published;
 use crate::proto::refusal::Refusal;
 use crate::proto::server::Event;
 use crate::proto::sessions::SessionId;
-use crate::proto::transfer::Transmit;
+use crate::proto::transfer::{Outcome, Transmit};
 use crate::proto::wire::{self, ErrorCode, Packet};
 use crate::sys::net;
 use crate::uring::{self, Buffer, Owner, SendDone, SendError};
@@ -72,6 +73,7 @@ impl Shard {
                     .add(duplicates(&entry.session).saturating_sub(before));
                 match (event, packet) {
                     (Event::Store { last, .. }, Packet::Data { payload, .. }) => {
+                        c.payload_bytes_received.add(payload.len() as u64);
                         match store_block(
                             &mut entry.io.store,
                             payload,
@@ -79,7 +81,7 @@ impl Shard {
                             &mut self.scratch.decode,
                         ) {
                             Err(e) => {
-                                entry.session.abort(e.code, e.message);
+                                entry.session.abort(e);
                                 After::Pump
                             }
                             Ok(()) if last => After::Commit,
@@ -133,7 +135,6 @@ impl Shard {
             && netascii.is_none()
             && up.written_bytes() != announced
         {
-            self.ctx.counters.uploads_size_mismatch.inc();
             entry.session.commit_failed(Refusal::SIZE_MISMATCH);
             return;
         }
@@ -179,14 +180,31 @@ impl Shard {
                 }),
             Some(_) => Ok(false), // the directory is synced: done
         };
-        match next {
+        let done = match next {
             Ok(true) => return, // the directory's fsync is on its way
-            Ok(false) => entry.session.commit_done(now),
-            Err(r) => entry.session.commit_failed(r),
-        }
+            Ok(false) => {
+                entry.session.commit_done(now);
+                entry.io.published = upload.as_ref().map(|up| {
+                    if up.replaces() {
+                        Published::Replaced
+                    } else {
+                        Published::Created
+                    }
+                });
+                true
+            }
+            Err(r) => {
+                entry.session.commit_failed(r);
+                false
+            }
+        };
         // No fsync of its files is in flight now: close them (an upload
         // that was not published vanishes here).
         *upload = None;
+        if done {
+            // The final ACK goes out now: the transfer is complete.
+            self.report(id, Outcome::Complete);
+        }
         self.pump(id);
     }
 
@@ -352,6 +370,11 @@ impl Shard {
         if result >= 0 {
             c.packets_sent.add(u64::from(done.datagrams));
             c.bytes_sent.add(done.bytes as u64);
+            if done.blocks.is_some() {
+                let headers = u64::from(done.datagrams) * wire::HEADER_BYTES as u64;
+                c.payload_bytes_sent
+                    .add((done.bytes as u64).saturating_sub(headers));
+            }
             return;
         }
         c.send_errors.inc();
@@ -383,9 +406,7 @@ impl Shard {
             libc::ECONNREFUSED => self.on_icmp_error(owner),
             // The file shrank under its map: the kernel's copy faulted.
             libc::EFAULT => {
-                entry
-                    .session
-                    .abort(ErrorCode::NotDefined, "File changed during transfer");
+                entry.session.abort(Refusal::FILE_CHANGED);
                 self.pump(id);
             }
             // Anything else (ENOBUFS, EAGAIN...) is loss; the timer resends.

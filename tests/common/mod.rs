@@ -380,6 +380,13 @@ impl Server {
         if !extra_args.contains(&"--cores") {
             cmd.args(["--cores", "2"]);
         }
+        // Tests run side by side: each server's stats on a port of its own.
+        if !extra_args
+            .iter()
+            .any(|a| *a == "--stats" || *a == "--no-stats")
+        {
+            cmd.args(["--stats", "127.0.0.1:0"]);
+        }
         if std::env::var_os("UFTPD_TEST_VERBOSE").is_some() {
             cmd.arg("-v");
         }
@@ -500,7 +507,11 @@ impl Server {
             match rx.recv_timeout((deadline - now).min(Duration::from_millis(100))) {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on ").nth(1) {
-                        let a = rest.trim();
+                        // Text or JSON logs: the address ends at a quote or a space.
+                        let a = rest
+                            .split(|c: char| c == '"' || c.is_whitespace())
+                            .next()
+                            .unwrap_or_default();
                         let addr: SocketAddr = a.parse().unwrap_or_else(|e| {
                             panic!("cannot parse listen address {a:?} from {line:?}: {e}")
                         });
@@ -531,6 +542,23 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// The stats endpoint, from the server's `stats on ADDR ...` line.
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.log().lines().find_map(|l| {
+                l.split("stats on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(' ').next())
+                    .and_then(|a| a.parse().ok())
+            });
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn addrs(&self) -> &[SocketAddr] {
