@@ -36,7 +36,8 @@ pub const UNVERIFIED_QUIET_WAITS: u32 = 2;
 )]
 pub struct Args {
     /// Directory to serve; nothing outside it is ever read or written.
-    pub root: PathBuf,
+    #[arg(required_unless_present = "map_test")]
+    pub root: Option<PathBuf>,
 
     /// Shards (pinned threads, one io_uring each) [default: online CPUs].
     /// More shards than CPUs run pinned round-robin, with a warning.
@@ -72,6 +73,29 @@ pub struct Args {
     /// `incoming`); other WRQs get ERROR 2.
     #[arg(long, value_name = "DIR")]
     pub upload_dir: Option<PathBuf>,
+
+    /// Rewrite or refuse requested names with tftpd-hpa's remap rules
+    /// (its `-m` file; docs/remap.md), read once at start. A file with an
+    /// error stops the start, with a line per problem.
+    #[arg(long, value_name = "FILE")]
+    pub map_file: Option<PathBuf>,
+
+    /// Print what each name read from standard input maps to under the map
+    /// FILE (with --lowercase and --strip-trailing-garbage applied first, if
+    /// given), one line each, then exit; no ROOT needed (docs/remap.md).
+    #[arg(long, value_name = "FILE", conflicts_with = "map_file")]
+    pub map_test: Option<PathBuf>,
+
+    /// Lower-case ASCII letters in requested names before anything else
+    /// looks at them (dnsmasq's --tftp-lowercase), for ROMs that shout.
+    #[arg(long)]
+    pub lowercase: bool,
+
+    /// Drop trailing NUL bytes and trailing bytes that are not UTF-8 from
+    /// requested names (0xFF padding some boot ROMs send). Leave it off for
+    /// names in 8-bit encodings such as Latin-1.
+    #[arg(long)]
+    pub strip_trailing_garbage: bool,
 
     /// Largest blksize granted (RFC 2348); keep it under the path MTU minus
     /// 32 (IPv4) / 52 (IPv6) for ROMs that cannot reassemble fragments.

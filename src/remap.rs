@@ -673,6 +673,85 @@ fn ends_with_utf8_char(bytes: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------
+// What the server applies.
+
+/// Everything the server does to a requested name before it resolves it:
+/// trailing garbage stripped (`--strip-trailing-garbage`), then ASCII lower
+/// case (`--lowercase`), then the map file's rules (`--map-file`). The
+/// clean-ups come first so that rules see a name the ROM meant, and may
+/// still produce capitals on purpose. Built once at start and shared by
+/// the shards read-only.
+#[derive(Debug, Default)]
+pub struct NameMap {
+    pub strip_trailing_garbage: bool,
+    pub lowercase: bool,
+    pub rules: Option<Rules>,
+}
+
+impl NameMap {
+    /// Whether the map changes nothing (the shards then skip it).
+    pub fn is_identity(&self) -> bool {
+        !self.strip_trailing_garbage && !self.lowercase && self.rules.is_none()
+    }
+
+    /// The name to resolve, or why the request is refused.
+    pub fn apply(&self, name: &[u8], ctx: &Context) -> Result<Vec<u8>, Refusal> {
+        let mut name = self.clean(name);
+        if let Some(rules) = &self.rules {
+            return rules.apply(&name, ctx);
+        }
+        // As the rules do: the name ends at its first NUL.
+        if let Some(end) = name.iter().position(|&b| b == 0) {
+            name.truncate(end);
+        }
+        if name.len() > NAME_BYTES_MAX {
+            return Err(Refusal::TooLong);
+        }
+        Ok(name)
+    }
+
+    /// The clean-ups alone.
+    fn clean(&self, name: &[u8]) -> Vec<u8> {
+        let name = if self.strip_trailing_garbage {
+            strip_trailing_garbage(name)
+        } else {
+            name
+        };
+        let mut name = name.to_vec();
+        if self.lowercase {
+            lowercase(&mut name);
+        }
+        name
+    }
+
+    /// [`Rules::test_lines`] for one test line, with the clean-ups applied
+    /// to its name first (the part before the first TAB), as a request's
+    /// name would be. Without rules, the cleaned name is the result.
+    pub fn test_line(&self, line: &[u8]) -> Vec<u8> {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let (name, rest) = match line.iter().position(|&b| b == b'\t') {
+            Some(tab) => line.split_at(tab),
+            None => (line, &b""[..]),
+        };
+        let mut cleaned = self.clean(name);
+        match &self.rules {
+            Some(rules) => {
+                cleaned.extend_from_slice(rest);
+                // Keeps an empty test line a line (one result, empty).
+                cleaned.push(b'\n');
+                rules.test_lines(&cleaned)
+            }
+            None => {
+                let mut out = Vec::new();
+                push_shown(&mut out, &cleaned);
+                out.push(b'\n');
+                out
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Lines and fields.
 
 /// tftpd-hpa's `isspace` in the C locale.
@@ -3022,5 +3101,51 @@ mod tests {
     fn rules_are_shared_across_shards() {
         fn shared<T: Send + Sync>() {}
         shared::<Rules>();
+    }
+
+    #[test]
+    fn name_map_cleans_then_applies_rules() {
+        let ctx = Context::new(Op::Get, v4());
+        assert!(NameMap::default().is_identity());
+        let plain = NameMap {
+            strip_trailing_garbage: true,
+            lowercase: true,
+            rules: None,
+        };
+        assert!(!plain.is_identity());
+        assert_eq!(
+            plain.apply(b"\\Boot\\BCD\xff\xff", &ctx).unwrap(),
+            b"\\boot\\bcd"
+        );
+        assert_eq!(
+            plain.apply(&[b'a'; NAME_BYTES_MAX + 1], &ctx),
+            Err(Refusal::TooLong)
+        );
+        // Rules see the lower-cased name and may write capitals.
+        let map = NameMap {
+            strip_trailing_garbage: false,
+            lowercase: true,
+            rules: Some(rules(r"r ^boot/bcd$ Boot/BCD")),
+        };
+        assert_eq!(map.apply(b"BOOT/BCD", &ctx).unwrap(), b"Boot/BCD");
+    }
+
+    #[test]
+    fn name_map_test_lines_clean_the_name_field_only() {
+        let map = NameMap {
+            strip_trailing_garbage: false,
+            lowercase: true,
+            rules: Some(rules(r"a ^secret Go\ away")),
+        };
+        assert_eq!(
+            map.test_line(b"SECRET\tPUT\n"),
+            b"ERROR: Go away (refused by the rule at line 1)\n"
+        );
+        assert_eq!(map.test_line(b"Hello\t2001:DB8::1"), b"hello\n");
+        assert_eq!(map.test_line(b""), b"\n");
+        assert_eq!(
+            map.test_line(b"A\tBOGUS\n"),
+            b"INVALID: BOGUS is neither GET, PUT nor an IP address\n"
+        );
     }
 }

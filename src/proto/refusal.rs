@@ -157,6 +157,16 @@ impl Refusal {
     /// A session ended without a reason of its own (a bug, or teardown).
     pub const INTERNAL: Refusal =
         Refusal::new(ErrorCode::NotDefined, "Internal error", Cause::Internal);
+    /// A remap rule with the `a` flag matched (tftpd-hpa's text; the
+    /// rule's own message, if it has one, goes on the wire instead).
+    pub const REMAP_DENIED: Refusal =
+        Refusal::new(ErrorCode::AccessViolation, "Access denied", Cause::Access);
+    /// The remap rules hit their step bound (a loop in the map file).
+    pub const REMAP_FAILURE: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Remap table failure",
+        Cause::Access,
+    );
     pub const NO_TRANSFER_PORT: Refusal = Refusal::new(
         ErrorCode::NotDefined,
         "Cannot open a transfer port",
