@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use uftpd::cache::{FileCache, Root, UploadLocks};
-use uftpd::config::{Args, sizes};
+use uftpd::config::{self, Args, hpa, sizes};
 use uftpd::log::{Logger, Style, sink};
 use uftpd::remap::{self, NameMap, Rules};
 use uftpd::shard::{self, Control, Shard, ShardSetup};
@@ -25,7 +25,18 @@ use uftpd::sys::net;
 use uftpd::sys::process::{self, EventFd, SignalSet};
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let native = match config::hpa_arguments(&argv) {
+        None => argv,
+        Some(hpa) => match hpa_command_line(hpa) {
+            Ok(native) => native,
+            Err(line) => {
+                uftpd::log_error!("{}: {line}", config::HPA_PROGRAM);
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let args = match Args::try_parse_from(native) {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
@@ -44,6 +55,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.compat.is_some() {
+        uftpd::log_error!("--compat hpa must come first, before the tftpd-hpa flags");
+        return ExitCode::from(2);
+    }
     if let Some(map) = &args.map_test {
         return map_test(&args, map);
     }
@@ -54,6 +69,13 @@ fn main() -> ExitCode {
             for line in lines {
                 uftpd::log_error!("{line}");
             }
+            return ExitCode::from(2);
+        }
+    };
+    let user = match switch_to(&args) {
+        Ok(user) => user,
+        Err(line) => {
+            uftpd::log_error!("{line}");
             return ExitCode::from(2);
         }
     };
@@ -80,7 +102,7 @@ fn main() -> ExitCode {
         }
     };
     uftpd::log::set_global(logger.clone());
-    let code = match run(args, names, &logger, &signals) {
+    let code = match run(args, names, user, &logger, &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             uftpd::log_error!("{message}");
@@ -96,9 +118,13 @@ fn main() -> ExitCode {
 fn run(
     args: Args,
     names: Option<Arc<NameMap>>,
+    user: Option<process::User>,
     logger: &Logger,
     signals: &SignalSet,
 ) -> Result<(), String> {
+    if let Some(mask) = args.umask {
+        process::set_umask(mask);
+    }
     // clap requires ROOT unless --map-test, which never gets here.
     let root_path = args
         .root
@@ -172,6 +198,7 @@ fn run(
             upload: upload.clone(),
             upload_locks: Arc::clone(&upload_locks),
             names: names.clone(),
+            permissive: args.permissive,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,
             logger: logger.clone(),
@@ -218,6 +245,31 @@ fn run(
             }
             Err(_) => return Err("a shard failed to start".into()),
         }
+    }
+    // Everything that needs root is done: the pid file (where only root
+    // may write), then the switch to --user.
+    let _pidfile = match args.pidfile.as_deref().map(PidFile::write).transpose() {
+        Ok(p) => p,
+        Err(message) => {
+            control.hurry();
+            wake_shards(&wakes);
+            return Err(message);
+        }
+    };
+    if let Some(user) = &user {
+        if let Err(e) = process::become_user(user) {
+            control.hurry();
+            wake_shards(&wakes);
+            return Err(format!(
+                "--user {}: cannot switch: {e}",
+                user.name.to_string_lossy()
+            ));
+        }
+        uftpd::log_info!(
+            "running as user {} (uid {})",
+            user.name.to_string_lossy(),
+            user.uid
+        );
     }
     for addr in &bound {
         uftpd::log_info!("listening on {addr}");
@@ -566,4 +618,64 @@ fn map_test_lines(
         }
         out.flush()?;
     }
+}
+
+/// The user `--user` asks to switch to, or `None` when there is nothing
+/// to do (no --user, or already running as that user).
+fn switch_to(args: &Args) -> Result<Option<process::User>, String> {
+    let Some(name) = &args.user else {
+        return Ok(None);
+    };
+    let user = process::lookup_user(name)
+        .map_err(|e| format!("--user {name}: cannot look it up: {e}"))?
+        .ok_or_else(|| format!("--user {name}: no such user"))?;
+    let euid = process::effective_uid();
+    if euid == user.uid {
+        return Ok(None);
+    }
+    if euid != 0 {
+        return Err(format!(
+            "--user {name}: only root can switch to another user (uftpd runs as uid {euid})"
+        ));
+    }
+    Ok(Some(user))
+}
+
+/// `--pidfile`: written once serving, removed on drop (best effort: after
+/// --user the directory may no longer be writable, as with tftpd-hpa).
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &Path) -> Result<PidFile, String> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("--pidfile {}: {e}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// tftpd-hpa's flags as uftpd's, with what [`hpa::translate`] leaves to
+/// the caller: refusing inetd mode, and tftpd-hpa's default user.
+fn hpa_command_line(args: &[std::ffi::OsString]) -> Result<Vec<std::ffi::OsString>, String> {
+    let hpa = hpa::translate(args)?;
+    let passes_through = hpa.argv.iter().any(|a| a == "--help" || a == "--version");
+    if !hpa.standalone && !passes_through {
+        return Err(
+            "without -l/--listen tftpd-hpa serves the socket that inetd or systemd \
+                    (tftp.socket) passes on standard input, which uftpd cannot take yet: \
+                    add -l, and stop tftp.socket"
+                .into(),
+        );
+    }
+    let mut argv = hpa.argv;
+    // As tftpd-hpa: started as root without -u, run as nobody.
+    if hpa.default_user && !passes_through && process::effective_uid() == 0 {
+        argv.splice(1..1, ["--user".into(), hpa::DEFAULT_USER.into()]);
+    }
+    Ok(argv)
 }

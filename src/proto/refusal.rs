@@ -123,6 +123,13 @@ impl Refusal {
         "Disk full or allocation exceeded",
         Cause::Disk,
     );
+    /// The file system refused (modes), or a file without the o+r bit
+    /// and no `--permissive`.
+    pub const PERMISSION_DENIED: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Permission denied",
+        Cause::Access,
+    );
     pub const CANNOT_READ: Refusal = Refusal::new(
         ErrorCode::AccessViolation,
         "Cannot read file",

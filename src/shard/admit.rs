@@ -27,6 +27,7 @@ pub(super) fn path_refusal(r: PathRefusal) -> Refusal {
     match r {
         PathRefusal::NotFound => Refusal::NOT_FOUND,
         PathRefusal::AccessViolation => Refusal::ACCESS,
+        PathRefusal::PermissionDenied => Refusal::PERMISSION_DENIED,
         PathRefusal::IsDirectory => Refusal::IS_DIRECTORY,
         PathRefusal::NotRegular => Refusal::NOT_REGULAR,
         PathRefusal::NameTooLong => Refusal::NAME_TOO_LONG,
@@ -357,6 +358,17 @@ impl Shard {
             .root
             .open_read(request.filename, &mut self.scratch.name)
             .map_err(path_refusal)?;
+        if !self.ctx.permissive {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file
+                .metadata()
+                .map_err(|_| Refusal::CANNOT_READ)?
+                .permissions()
+                .mode();
+            if mode & 0o004 == 0 {
+                return Err(Refusal::PERMISSION_DENIED);
+            }
+        }
         let source = match request.mode {
             Mode::Octet => {
                 let (source, lookup) = self

@@ -69,6 +69,8 @@ pub struct ShardSetup {
     /// What requested names go through before resolution (remap rules,
     /// clean-ups), shared read-only by all shards; `None`: nothing.
     pub names: Option<Arc<NameMap>>,
+    /// Serve files without the o+r bit too (`--permissive`).
+    pub permissive: bool,
     pub netascii_bytes_max: u64,
     pub grace_ms: u64,
     /// Where transfer, refusal and request records go (never waited for).
@@ -192,6 +194,7 @@ struct Context {
     upload: Option<UploadPolicy>,
     upload_locks: Arc<UploadLocks>,
     names: Option<Arc<NameMap>>,
+    permissive: bool,
     netascii_bytes_max: u64,
     grace_ms: u64,
     logger: Logger,
@@ -275,6 +278,7 @@ impl Shard {
                 upload: setup.upload,
                 upload_locks: setup.upload_locks,
                 names: setup.names.filter(|n| !n.is_identity()),
+                permissive: setup.permissive,
                 netascii_bytes_max: setup.netascii_bytes_max,
                 grace_ms: setup.grace_ms,
                 logger: setup.logger,
