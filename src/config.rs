@@ -16,6 +16,8 @@ use crate::proto::transfer::TimerConfig;
 use crate::proto::wire::{BLKSIZE_MAX, BLKSIZE_MIN};
 pub use crate::stats::allow::{Cidr, parse_cidr};
 
+pub mod hpa;
+
 pub const TFTP_PORT: u16 = 69;
 
 /// Where the stats endpoint listens unless told otherwise.
@@ -36,7 +38,13 @@ pub const UNVERIFIED_QUIET_WAITS: u32 = 2;
 )]
 pub struct Args {
     /// Directory to serve; nothing outside it is ever read or written.
-    pub root: PathBuf,
+    #[arg(required_unless_present = "map_test")]
+    pub root: Option<PathBuf>,
+
+    /// Read the rest of the command line as tftpd-hpa's (`in.tftpd`'s);
+    /// must come first. Invoking uftpd as `in.tftpd` does the same.
+    #[arg(long, value_enum, value_name = "hpa")]
+    pub compat: Option<Compat>,
 
     /// Shards (pinned threads, one io_uring each) [default: online CPUs].
     /// More shards than CPUs run pinned round-robin, with a warning.
@@ -77,6 +85,52 @@ pub struct Args {
     /// `incoming`); other WRQs get ERROR 2.
     #[arg(long, value_name = "DIR")]
     pub upload_dir: Option<PathBuf>,
+
+    /// Also serve files that others may not read (no o+r bit). Without it
+    /// such a file gets ERROR 2, as tftpd-hpa does without -p: a file
+    /// someone made private is not published by accident.
+    #[arg(long)]
+    pub permissive: bool,
+
+    /// Rewrite or refuse requested names with tftpd-hpa's remap rules
+    /// (its `-m` file; docs/remap.md), read once at start. A file with an
+    /// error stops the start, with a line per problem.
+    #[arg(long, value_name = "FILE")]
+    pub map_file: Option<PathBuf>,
+
+    /// Print what each name read from standard input maps to under the map
+    /// FILE (with --lowercase and --strip-trailing-garbage applied first, if
+    /// given), one line each, then exit; no ROOT needed (docs/remap.md).
+    #[arg(long, value_name = "FILE", conflicts_with = "map_file")]
+    pub map_test: Option<PathBuf>,
+
+    /// Lower-case ASCII letters in requested names before anything else
+    /// looks at them (dnsmasq's --tftp-lowercase), for ROMs that shout.
+    #[arg(long)]
+    pub lowercase: bool,
+
+    /// Drop trailing NUL bytes and trailing bytes that are not UTF-8 from
+    /// requested names (0xFF padding some boot ROMs send). Leave it off for
+    /// names in 8-bit encodings such as Latin-1.
+    #[arg(long)]
+    pub strip_trailing_garbage: bool,
+
+    /// Once serving (sockets bound, rings and buffers registered, limits
+    /// raised, the pid file written), switch to this user, its group and
+    /// its supplementary groups for good, with no capabilities left. Needs
+    /// root (or already being that user).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// File-creation mask for uploads, in octal (new files are 0644 before
+    /// it) [default: inherited].
+    #[arg(long, value_name = "OCTAL", value_parser = parse_umask)]
+    pub umask: Option<u32>,
+
+    /// Write the process id to this file once serving; removed at exit
+    /// (when still permitted after --user).
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
 
     /// Largest blksize granted (RFC 2348); keep it under the path MTU minus
     /// 32 (IPv4) / 52 (IPv6) for ROMs that cannot reassemble fragments.
@@ -273,6 +327,40 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Command lines of other servers that uftpd reads ([`hpa`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compat {
+    /// tftpd-hpa 5.2's `in.tftpd`.
+    Hpa,
+}
+
+/// The program name that selects tftpd-hpa's command line.
+pub const HPA_PROGRAM: &str = "in.tftpd";
+
+/// The tftpd-hpa arguments in `argv`, if it asks for tftpd-hpa's command
+/// line: invoked as `in.tftpd`, or with `--compat hpa` first.
+pub fn hpa_arguments(argv: &[std::ffi::OsString]) -> Option<&[std::ffi::OsString]> {
+    let program = argv.first().map(std::path::Path::new)?;
+    if program.file_name().is_some_and(|n| n == HPA_PROGRAM) {
+        return argv.get(1..);
+    }
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("--compat=hpa") => argv.get(2..),
+        Some("--compat") if argv.get(2).is_some_and(|a| a == "hpa") => argv.get(3..),
+        _ => None,
+    }
+}
+
+/// A umask: octal digits, at most 0777 (`022`, `0o027`, `0007`).
+pub fn parse_umask(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mask) if mask <= 0o777 && !digits.is_empty() => Ok(mask),
+        _ => Err(format!("{text:?} is not a umask (octal, at most 0777)")),
+    }
+}
+
 impl Args {
     /// What uploads may do, or `None` when they are off; `Err` is the one
     /// line to print for an --upload-dir that cannot be a directory name.
@@ -378,5 +466,15 @@ mod tests {
         assert!(parse_size("").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn umasks_are_octal() {
+        assert_eq!(parse_umask("022"), Ok(0o022));
+        assert_eq!(parse_umask("0o027"), Ok(0o027));
+        assert_eq!(parse_umask("7"), Ok(0o007));
+        assert!(parse_umask("8").is_err());
+        assert!(parse_umask("1777").is_err());
+        assert!(parse_umask("").is_err());
     }
 }

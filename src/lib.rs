@@ -30,6 +30,8 @@
 //! - [`sys`]: the syscalls std does not wrap (sockets, `openat2`, limits,
 //!   signals).
 //! - [`stats`]: per-shard counters, written by one shard, read by anyone.
+//! - [`remap`]: tftpd-hpa's remap rules, pure code; the shards apply them
+//!   to each request's name before [`cache`] resolves it.
 //! - [`config`]: the command line and every limit.
 //!
 //! `unsafe` is denied everywhere but [`uring`] and [`sys`], each `unsafe`
@@ -43,6 +45,7 @@ pub mod cache;
 pub mod config;
 pub mod log;
 pub mod proto;
+pub mod remap;
 pub mod shard;
 pub mod stats;
 #[allow(unsafe_code)]

@@ -3,8 +3,10 @@
 
 #![deny(unsafe_code)]
 
+use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -12,8 +14,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use uftpd::cache::{FileCache, Root, UploadLocks};
-use uftpd::config::{Args, sizes};
+use uftpd::config::{self, Args, hpa, sizes};
 use uftpd::log::{Logger, Style, sink};
+use uftpd::remap::{self, NameMap, Rules};
 use uftpd::shard::{self, Control, Shard, ShardSetup};
 use uftpd::stats::server::{self as stats_server, StatsConfig};
 use uftpd::stats::view::History;
@@ -22,7 +25,18 @@ use uftpd::sys::net;
 use uftpd::sys::process::{self, EventFd, SignalSet};
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let native = match config::hpa_arguments(&argv) {
+        None => argv,
+        Some(hpa) => match hpa_command_line(hpa) {
+            Ok(native) => native,
+            Err(line) => {
+                uftpd::log_error!("{}: {line}", config::HPA_PROGRAM);
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let args = match Args::try_parse_from(native) {
         Ok(args) => args,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
@@ -38,6 +52,30 @@ fn main() -> ExitCode {
                 "{} (see uftpd --help)",
                 first.join(" ").trim_start_matches("error: ")
             );
+            return ExitCode::from(2);
+        }
+    };
+    if args.compat.is_some() {
+        uftpd::log_error!("--compat hpa must come first, before the tftpd-hpa flags");
+        return ExitCode::from(2);
+    }
+    if let Some(map) = &args.map_test {
+        return map_test(&args, map);
+    }
+    // Configuration errors exit 2, as a bad flag does.
+    let names = match name_map(&args) {
+        Ok(names) => names,
+        Err(lines) => {
+            for line in lines {
+                uftpd::log_error!("{line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let user = match switch_to(&args) {
+        Ok(user) => user,
+        Err(line) => {
+            uftpd::log_error!("{line}");
             return ExitCode::from(2);
         }
     };
@@ -64,7 +102,7 @@ fn main() -> ExitCode {
         }
     };
     uftpd::log::set_global(logger.clone());
-    let code = match run(args, &logger, &signals) {
+    let code = match run(args, names, user, &logger, &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             uftpd::log_error!("{message}");
@@ -77,8 +115,22 @@ fn main() -> ExitCode {
     code
 }
 
-fn run(args: Args, logger: &Logger, signals: &SignalSet) -> Result<(), String> {
-    let root = Root::open(&args.root).map_err(|e| format!("root {}: {e}", args.root.display()))?;
+fn run(
+    args: Args,
+    names: Option<Arc<NameMap>>,
+    user: Option<process::User>,
+    logger: &Logger,
+    signals: &SignalSet,
+) -> Result<(), String> {
+    if let Some(mask) = args.umask {
+        process::set_umask(mask);
+    }
+    // clap requires ROOT unless --map-test, which never gets here.
+    let root_path = args
+        .root
+        .clone()
+        .ok_or("no ROOT given (see uftpd --help)")?;
+    let root = Root::open(&root_path).map_err(|e| format!("root {}: {e}", root_path.display()))?;
 
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -145,6 +197,8 @@ fn run(args: Args, logger: &Logger, signals: &SignalSet) -> Result<(), String> {
             endpoint: args.endpoint_config(shards, plan.sessions_per_shard),
             upload: upload.clone(),
             upload_locks: Arc::clone(&upload_locks),
+            names: names.clone(),
+            permissive: args.permissive,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,
             logger: logger.clone(),
@@ -194,13 +248,48 @@ fn run(args: Args, logger: &Logger, signals: &SignalSet) -> Result<(), String> {
             Err(_) => return Err("a shard failed to start".into()),
         }
     }
+    // Everything that needs root is done: the pid file (where only root
+    // may write), then the switch to --user.
+    let _pidfile = match args.pidfile.as_deref().map(PidFile::write).transpose() {
+        Ok(p) => p,
+        Err(message) => {
+            control.hurry();
+            wake_shards(&wakes);
+            return Err(message);
+        }
+    };
+    if let Some(user) = &user {
+        if let Err(e) = process::become_user(user) {
+            control.hurry();
+            wake_shards(&wakes);
+            return Err(format!(
+                "--user {}: cannot switch: {e}",
+                user.name.to_string_lossy()
+            ));
+        }
+        uftpd::log_info!(
+            "running as user {} (uid {})",
+            user.name.to_string_lossy(),
+            user.uid
+        );
+    }
     for addr in &bound {
         uftpd::log_info!("listening on {addr}");
     }
     if let Some(addr) = stats {
         uftpd::log_info!("stats on {addr} (uftpd-stat {addr}, http://{addr}/)");
     }
-    uftpd::log_info!("serving {} with {shards} shards", args.root.display());
+    if let (Some(path), Some(rules)) = (
+        &args.map_file,
+        names.as_ref().and_then(|n| n.rules.as_ref()),
+    ) {
+        uftpd::log_info!(
+            "remapping names with {} rules from {}",
+            rules.len(),
+            path.display()
+        );
+    }
+    uftpd::log_info!("serving {} with {shards} shards", root_path.display());
 
     // Signals are blocked in every thread and taken here. SIGINT/SIGTERM:
     // drain (a second one ends the grace period); SIGHUP: reload; SIGUSR1:
@@ -417,4 +506,178 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "uftpd".to_string())
+}
+
+/// The name map the flags ask for, or `None` for none; `Err` holds the
+/// lines to print (one per problem in the map file).
+fn name_map(args: &Args) -> Result<Option<Arc<NameMap>>, Vec<String>> {
+    let rules = match &args.map_file {
+        Some(path) => Some(read_map_file("--map-file", path)?),
+        None => None,
+    };
+    let names = NameMap {
+        strip_trailing_garbage: args.strip_trailing_garbage,
+        lowercase: args.lowercase,
+        rules,
+    };
+    Ok((!names.is_identity()).then(|| Arc::new(names)))
+}
+
+/// Reads and parses a map file, at most [`remap::FILE_BYTES_MAX`] of it
+/// (one byte more, so that the parser reports a file over the limit).
+fn read_map_file(flag: &str, path: &Path) -> Result<Rules, Vec<String>> {
+    let shown = path.display();
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(remap::FILE_BYTES_MAX as u64 + 1)
+                .read_to_end(&mut text)
+        })
+        .map_err(|e| vec![format!("{flag} {shown}: {e}")])?;
+    Rules::parse(&text).map_err(|problems| {
+        let mut lines: Vec<String> = problems
+            .errors
+            .iter()
+            .map(|e| match e.line {
+                0 => format!("{flag} {shown}: {}", e.message),
+                n => format!("{flag} {shown}: line {n}: {}", e.message),
+            })
+            .collect();
+        if problems.unchecked > 0 {
+            lines.push(format!(
+                "{flag} {shown}: {} more rule lines not checked (stopped after {} problems)",
+                problems.unchecked,
+                problems.errors.len()
+            ));
+        }
+        lines
+    })
+}
+
+/// Longest test line `--map-test` reads: a name (at most 1020 bytes), a
+/// TAB, GET/PUT and an address, with room to spare.
+const MAP_TEST_LINE_BYTES_MAX: usize = 4096;
+
+/// `uftpd --map-test FILE`: one result line per line of standard input,
+/// written as each line arrives (so it works interactively too).
+fn map_test(args: &Args, path: &Path) -> ExitCode {
+    let rules = match read_map_file("--map-test", path) {
+        Ok(rules) => rules,
+        Err(lines) => {
+            for line in lines {
+                uftpd::log_error!("{line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let names = NameMap {
+        strip_trailing_garbage: args.strip_trailing_garbage,
+        lowercase: args.lowercase,
+        rules: Some(rules),
+    };
+    let mut input = std::io::stdin().lock();
+    let mut out = std::io::stdout().lock();
+    match map_test_lines(&names, &mut input, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `uftpd --map-test x | head`: not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            uftpd::log_error!("--map-test: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The loop of [`map_test`]: it ends at the end of the input, and reads
+/// at most [`MAP_TEST_LINE_BYTES_MAX`] bytes of a line at once.
+fn map_test_lines(
+    names: &NameMap,
+    input: &mut impl BufRead,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let mut line = Vec::with_capacity(MAP_TEST_LINE_BYTES_MAX + 1);
+    loop {
+        line.clear();
+        let limit = MAP_TEST_LINE_BYTES_MAX as u64 + 1;
+        if input.take(limit).read_until(b'\n', &mut line)? == 0 {
+            return out.flush();
+        }
+        if line.len() > MAP_TEST_LINE_BYTES_MAX && !line.ends_with(b"\n") {
+            // Skip the rest of the overlong line, a bounded piece at a time.
+            loop {
+                line.clear();
+                let n = input.take(limit).read_until(b'\n', &mut line)?;
+                if n == 0 || line.ends_with(b"\n") {
+                    break;
+                }
+            }
+            writeln!(
+                out,
+                "INVALID: the line is over {MAP_TEST_LINE_BYTES_MAX} bytes long"
+            )?;
+        } else {
+            out.write_all(&names.test_line(&line))?;
+        }
+        out.flush()?;
+    }
+}
+
+/// The user `--user` asks to switch to, or `None` when there is nothing
+/// to do (no --user, or already running as that user).
+fn switch_to(args: &Args) -> Result<Option<process::User>, String> {
+    let Some(name) = &args.user else {
+        return Ok(None);
+    };
+    let user = process::lookup_user(name)
+        .map_err(|e| format!("--user {name}: cannot look it up: {e}"))?
+        .ok_or_else(|| format!("--user {name}: no such user"))?;
+    let euid = process::effective_uid();
+    if euid == user.uid {
+        return Ok(None);
+    }
+    if euid != 0 {
+        return Err(format!(
+            "--user {name}: only root can switch to another user (uftpd runs as uid {euid})"
+        ));
+    }
+    Ok(Some(user))
+}
+
+/// `--pidfile`: written once serving, removed on drop (best effort: after
+/// --user the directory may no longer be writable, as with tftpd-hpa).
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &Path) -> Result<PidFile, String> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("--pidfile {}: {e}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// tftpd-hpa's flags as uftpd's, with what [`hpa::translate`] leaves to
+/// the caller: refusing inetd mode, and tftpd-hpa's default user.
+fn hpa_command_line(args: &[std::ffi::OsString]) -> Result<Vec<std::ffi::OsString>, String> {
+    let hpa = hpa::translate(args)?;
+    let passes_through = hpa.argv.iter().any(|a| a == "--help" || a == "--version");
+    if !hpa.standalone && !passes_through {
+        return Err(
+            "without -l/--listen tftpd-hpa serves the socket that inetd or systemd \
+                    (tftp.socket) passes on standard input, which uftpd cannot take yet: \
+                    add -l, and stop tftp.socket"
+                .into(),
+        );
+    }
+    let mut argv = hpa.argv;
+    // As tftpd-hpa: started as root without -u, run as nobody.
+    if hpa.default_user && !passes_through && process::effective_uid() == 0 {
+        argv.splice(1..1, ["--user".into(), hpa::DEFAULT_USER.into()]);
+    }
+    Ok(argv)
 }

@@ -65,6 +65,10 @@ fn help_documents_every_flag_with_its_default() {
         "--dally-ms",
         "--grace-ms",
         "--verbose",
+        "--map-file",
+        "--map-test",
+        "--lowercase",
+        "--strip-trailing-garbage",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }

@@ -60,6 +60,8 @@ impl InProcess {
             endpoint: args.endpoint_config(1, args.max_sessions as usize),
             upload: args.upload_policy().unwrap(),
             upload_locks: Default::default(),
+            names: None,
+            permissive: args.permissive,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: 1000,
             logger: uftpd::log::Logger::off(),

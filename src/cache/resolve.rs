@@ -18,6 +18,8 @@ pub const FILENAME_BYTES_MAX: usize = 255 * 4;
 pub enum PathRefusal {
     NotFound,
     AccessViolation,
+    /// The file system said no (EACCES/EPERM): modes, or --user.
+    PermissionDenied,
     IsDirectory,
     /// A FIFO, socket or device node: never opened for reading (a FIFO
     /// would block until a writer came, a device open can have effects).
@@ -72,6 +74,7 @@ pub fn refusal_for(err: &io::Error) -> PathRefusal {
         Some(libc::EMFILE) | Some(libc::ENFILE) => PathRefusal::NoDescriptors,
         Some(libc::EISDIR) => PathRefusal::IsDirectory,
         Some(libc::ENAMETOOLONG) => PathRefusal::NameTooLong,
+        Some(libc::EACCES) | Some(libc::EPERM) => PathRefusal::PermissionDenied,
         _ => PathRefusal::AccessViolation,
     }
 }

@@ -123,6 +123,13 @@ impl Refusal {
         "Disk full or allocation exceeded",
         Cause::Disk,
     );
+    /// The file system refused (modes), or a file without the o+r bit
+    /// and no `--permissive`.
+    pub const PERMISSION_DENIED: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Permission denied",
+        Cause::Access,
+    );
     pub const CANNOT_READ: Refusal = Refusal::new(
         ErrorCode::AccessViolation,
         "Cannot read file",
@@ -157,6 +164,16 @@ impl Refusal {
     /// A session ended without a reason of its own (a bug, or teardown).
     pub const INTERNAL: Refusal =
         Refusal::new(ErrorCode::NotDefined, "Internal error", Cause::Internal);
+    /// A remap rule with the `a` flag matched (tftpd-hpa's text; the
+    /// rule's own message, if it has one, goes on the wire instead).
+    pub const REMAP_DENIED: Refusal =
+        Refusal::new(ErrorCode::AccessViolation, "Access denied", Cause::Access);
+    /// The remap rules hit their step bound (a loop in the map file).
+    pub const REMAP_FAILURE: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Remap table failure",
+        Cause::Access,
+    );
     pub const NO_TRANSFER_PORT: Refusal = Refusal::new(
         ErrorCode::NotDefined,
         "Cannot open a transfer port",

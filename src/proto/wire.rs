@@ -293,10 +293,20 @@ pub fn encode_data_header(buf: &mut [u8], block: u16) -> Option<usize> {
 }
 
 pub fn encode_error(buf: &mut [u8], code: ErrorCode, message: &str) -> Option<usize> {
+    encode_error_bytes(buf, code, message.as_bytes())
+}
+
+/// [`encode_error`] with a message that is bytes (a remap rule's, which
+/// may hold any byte of a name); it ends at an inner NUL, if any.
+pub fn encode_error_bytes(buf: &mut [u8], code: ErrorCode, message: &[u8]) -> Option<usize> {
+    let end = message
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(message.len());
     let mut w = Writer::new(buf);
     w.u16(OP_ERROR)?;
     w.u16(code as u16)?;
-    w.cstr(message.as_bytes())?;
+    w.cstr(&message[..end])?;
     Some(w.len())
 }
 
@@ -527,6 +537,10 @@ mod tests {
         let mut buf = [0u8; 3];
         assert_eq!(encode_ack(&mut buf, 1), None);
         assert_eq!(encode_error(&mut buf, ErrorCode::NotDefined, "x"), None);
+        // A message that is bytes ends at an inner NUL.
+        let mut big = [0u8; 32];
+        let n = encode_error_bytes(&mut big, ErrorCode::AccessViolation, b"no\xff\0x").unwrap();
+        assert_eq!(&big[..n], b"\0\x05\0\x02no\xff\0");
         let mut small = [0u8; 10];
         let values = OptionValues {
             tsize_bytes: Some(u64::MAX),

@@ -15,6 +15,7 @@ use crate::proto::refusal::{Cause, Refusal};
 use crate::proto::server::ServerSession;
 use crate::proto::transfer::Outcome;
 use crate::proto::wire::{self, Mode, Packet, Request, RequestKind};
+use crate::remap;
 use crate::sys::net;
 use crate::uring::{self, Buffer, Group, Owner, Payload};
 
@@ -26,6 +27,7 @@ pub(super) fn path_refusal(r: PathRefusal) -> Refusal {
     match r {
         PathRefusal::NotFound => Refusal::NOT_FOUND,
         PathRefusal::AccessViolation => Refusal::ACCESS,
+        PathRefusal::PermissionDenied => Refusal::PERMISSION_DENIED,
         PathRefusal::IsDirectory => Refusal::IS_DIRECTORY,
         PathRefusal::NotRegular => Refusal::NOT_REGULAR,
         PathRefusal::NameTooLong => Refusal::NAME_TOO_LONG,
@@ -180,6 +182,21 @@ impl Shard {
         refusal: Refusal,
         raw: &[u8],
     ) {
+        self.refuse_saying(service, peer, local, refusal, raw, None);
+    }
+
+    /// [`Shard::refuse`], with `message` on the wire instead of the
+    /// refusal's own text (a remap rule's message; the log keeps the
+    /// refusal's, so that logs stay in a known vocabulary).
+    fn refuse_saying(
+        &mut self,
+        service: usize,
+        peer: SocketAddr,
+        local: SocketAddr,
+        refusal: Refusal,
+        raw: &[u8],
+        message: Option<&[u8]>,
+    ) {
         self.ctx.counters.refused(refusal.cause).inc();
         if self.ctx.logger.enabled(Level::Info) {
             let (kind, filename) = match Packet::parse(raw) {
@@ -205,7 +222,8 @@ impl Shard {
         if self
             .io
             .send_control(owner, peer, source, |buf| {
-                wire::encode_error(buf, refusal.code, refusal.message)
+                let text = message.unwrap_or(refusal.message.as_bytes());
+                wire::encode_error_bytes(buf, refusal.code, text)
             })
             .is_err()
         {
@@ -223,6 +241,34 @@ impl Shard {
         raw: &[u8],
         now: Instant,
     ) {
+        // Remap before anything resolves the name; the session then only
+        // ever sees the mapped one (the debug log has the one asked for).
+        let mapped;
+        let mut request = *request;
+        if let Some(names) = &self.ctx.names {
+            let op = match request.kind {
+                RequestKind::Read => remap::Op::Get,
+                RequestKind::Write => remap::Op::Put,
+            };
+            match names.apply(request.filename, &remap::Context::new(op, peer.ip())) {
+                Ok(name) => {
+                    mapped = name;
+                    request.filename = &mapped;
+                }
+                Err(r) => {
+                    let (refusal, message) = match &r {
+                        remap::Refusal::Denied { message, .. } => {
+                            (Refusal::REMAP_DENIED, message.as_deref())
+                        }
+                        remap::Refusal::TooManySteps => (Refusal::REMAP_FAILURE, None),
+                        remap::Refusal::TooLong => (Refusal::NAME_TOO_LONG, None),
+                    };
+                    self.refuse_saying(service, peer, local, refusal, raw, message);
+                    return;
+                }
+            }
+        }
+        let request = &request;
         let opened = match request.kind {
             RequestKind::Read => self.prepare_read(request, now),
             RequestKind::Write => self.prepare_write(request, now),
@@ -312,6 +358,17 @@ impl Shard {
             .root
             .open_read(request.filename, &mut self.scratch.name)
             .map_err(path_refusal)?;
+        if !self.ctx.permissive {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file
+                .metadata()
+                .map_err(|_| Refusal::CANNOT_READ)?
+                .permissions()
+                .mode();
+            if mode & 0o004 == 0 {
+                return Err(Refusal::PERMISSION_DENIED);
+            }
+        }
         let source = match request.mode {
             Mode::Octet => {
                 let (source, lookup) = self

@@ -43,6 +43,7 @@ use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::server::ServerConfig;
 use crate::proto::sessions::Sessions;
 use crate::proto::wire;
+use crate::remap::NameMap;
 use crate::stats::ShardCounters;
 use crate::sys::process::EventFd;
 use crate::uring::{Completion, Group, Op, Owner, RingSizes, Uring};
@@ -65,6 +66,11 @@ pub struct ShardSetup {
     pub upload: Option<UploadPolicy>,
     /// Names being uploaded, shared by all shards.
     pub upload_locks: Arc<UploadLocks>,
+    /// What requested names go through before resolution (remap rules,
+    /// clean-ups), shared read-only by all shards; `None`: nothing.
+    pub names: Option<Arc<NameMap>>,
+    /// Serve files without the o+r bit too (`--permissive`).
+    pub permissive: bool,
     pub netascii_bytes_max: u64,
     pub grace_ms: u64,
     /// Where transfer, refusal and request records go (never waited for).
@@ -187,6 +193,8 @@ struct Context {
     server: ServerConfig,
     upload: Option<UploadPolicy>,
     upload_locks: Arc<UploadLocks>,
+    names: Option<Arc<NameMap>>,
+    permissive: bool,
     netascii_bytes_max: u64,
     grace_ms: u64,
     logger: Logger,
@@ -269,6 +277,8 @@ impl Shard {
                 server: setup.server,
                 upload: setup.upload,
                 upload_locks: setup.upload_locks,
+                names: setup.names.filter(|n| !n.is_identity()),
+                permissive: setup.permissive,
                 netascii_bytes_max: setup.netascii_bytes_max,
                 grace_ms: setup.grace_ms,
                 logger: setup.logger,

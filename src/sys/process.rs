@@ -102,6 +102,89 @@ pub fn has_capability(bit: u32) -> bool {
 
 pub const CAP_IPC_LOCK: u32 = 14;
 
+/// A user to run as (`--user`): its ids, from the password database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: std::ffi::CString,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Largest buffer `getpwnam_r` is given: entries are a few hundred bytes,
+/// but NSS modules (LDAP) may need more; ERANGE doubles it up to this.
+const PASSWD_BUFFER_BYTES_MAX: usize = 1 << 20;
+
+/// Looks a user up by name (`Ok(None)`: no such user).
+pub fn lookup_user(name: &str) -> io::Result<Option<User>> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the user name"))?;
+    let mut size = 1024usize;
+    loop {
+        let mut buf = vec![0 as libc::c_char; size];
+        // SAFETY: plain data; getpwnam_r fills it.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: valid pointers to a NUL-terminated name, an entry, a
+        // buffer of `size` bytes and the result pointer; the strings the
+        // entry points to live in `buf`, which outlives their use here.
+        let rc = unsafe {
+            libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), size, &mut found)
+        };
+        if rc == libc::ERANGE && size < PASSWD_BUFFER_BYTES_MAX {
+            size *= 2;
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if found.is_null() {
+            return Ok(None);
+        }
+        return Ok(Some(User {
+            name: cname,
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+        }));
+    }
+}
+
+/// Switches the whole process (glibc applies set*id to every thread) to
+/// `user`, its primary group and its supplementary groups, for good: as
+/// root, setuid to another user drops every capability too. Checked
+/// afterwards, since a half-done switch must not go unnoticed.
+pub fn become_user(user: &User) -> io::Result<()> {
+    // SAFETY: a NUL-terminated name; these calls take plain values.
+    unsafe {
+        if libc::initgroups(user.name.as_ptr(), user.gid) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::setgid(user.gid) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::setuid(user.uid) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: these calls cannot fail and take nothing.
+    let (uid, euid, gid) = unsafe { (libc::getuid(), libc::geteuid(), libc::getgid()) };
+    if uid != user.uid || euid != user.uid || gid != user.gid {
+        return Err(io::Error::other("the user or group did not change"));
+    }
+    Ok(())
+}
+
+/// The effective user id.
+pub fn effective_uid() -> u32 {
+    // SAFETY: cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Sets the file-creation mask (`--umask`) and returns the old one.
+pub fn set_umask(mask: u32) -> u32 {
+    // SAFETY: cannot fail; takes a plain value.
+    unsafe { libc::umask(mask & 0o777) }
+}
+
 /// The signals the main thread takes with `sigtimedwait`. Blocked in every
 /// thread (shards inherit the mask), so none of them kills the process.
 pub struct SignalSet(libc::sigset_t);
@@ -179,5 +262,18 @@ impl AsFd for EventFd {
 impl AsRawFd for EventFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.0.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_looked_up_by_name() {
+        let root = lookup_user("root").unwrap().unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(lookup_user("no-such-user-uftpd").unwrap(), None);
+        assert!(lookup_user("a\0b").is_err());
     }
 }

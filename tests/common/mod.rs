@@ -434,6 +434,12 @@ impl Server {
         Server::spawn_and_wait(cmd, 1, true, Some(addr))
     }
 
+    /// Start a server from a command line of the test's own (in.tftpd's
+    /// flags, say) and wait for its `listening on` lines.
+    pub fn start_command(cmd: Command, listens: usize) -> Server {
+        Server::spawn_and_wait(cmd, listens, false, None)
+    }
+
     fn spawn_and_wait(
         mut cmd: Command,
         listens: usize,
