@@ -453,6 +453,9 @@ def main():
     ap.add_argument("--neighbour", action="store_true",
                     help="run a busy process pinned to CPU 0 throughout (a CPU shared with other work)")
     a = ap.parse_args()
+    # SIGTERM ends the run through the same cleanup as Ctrl-C: servers
+    # stopped, cgroups removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     release = os.path.join(REPO, "target", "release")
     if not a.dry_run:
