@@ -441,7 +441,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default="S1,S2,S3,S3w,S4,S5")
     ap.add_argument("--servers", default="uftpd,tftpd-hpa,atftpd,dnsmasq",
-                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-unpinned, "
+                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-pinned (--pin), uftpd-c1-pinned, "
                          "sol (speed-of-light responder, S1/S5 only), tftpd-hpa, atftpd, dnsmasq")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="uftpd-load --threads")
@@ -469,7 +469,8 @@ def main():
         "uftpd": dict(kind="uftpd", bin=uftpd, extra=[]),
         "uftpd-q": dict(kind="uftpd", bin=uftpd, extra=["-q"]),
         "uftpd-c1": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1"]),
-        "uftpd-unpinned": dict(kind="uftpd", bin=uftpd, extra=["--no-pin"]),
+        "uftpd-pinned": dict(kind="uftpd", bin=uftpd, extra=["--pin"]),
+        "uftpd-c1-pinned": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1", "--pin"]),
         "sol": dict(kind="sol", bin=os.path.join(release, "uftpd-sol")),
         "tftpd-hpa": dict(kind="tftpd-hpa"),
         "atftpd": dict(kind="atftpd"),

@@ -46,15 +46,16 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "hpa")]
     pub compat: Option<Compat>,
 
-    /// Shards (pinned threads, one io_uring each) [default: online CPUs].
-    /// More shards than CPUs run pinned round-robin, with a warning.
+    /// Shards (threads, one io_uring each) [default: online CPUs].
+    /// More shards than CPUs share them, with a warning.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub cores: Option<u16>,
 
-    /// Do not pin shards to CPUs: let the scheduler move them. Pays when
-    /// the CPUs are shared with other busy processes (see tuning.md).
+    /// Pin shard N to CPU N (round-robin). Off by default: measured on
+    /// CPUs shared with clients and other work, the scheduler placing the
+    /// shards did better in every scenario (tuning.md, "Cores and shards").
     #[arg(long)]
-    pub no_pin: bool,
+    pub pin: bool,
 
     /// Address to serve on; repeat for several. Port 0 picks a free port.
     /// [default: 0.0.0.0:69 and [::]:69]

@@ -3,7 +3,7 @@
 //! # Architecture
 //!
 //! ```text
-//!   main ──> config ──> shard × N (one pinned thread and one ring each)
+//!   main ──> config ──> shard × N (one thread and one ring each)
 //!                          │
 //!              ┌───────────┼─────────────────┐
 //!              v           v                 v

@@ -1,5 +1,5 @@
 //! `uftpd [OPTIONS] ROOT`: checks the configuration, binds the service
-//! sockets, starts one pinned shard per core, and waits for a signal.
+//! sockets, starts one shard per core (pinned with --pin), and waits for a signal.
 
 #![deny(unsafe_code)]
 
@@ -211,7 +211,8 @@ fn run(
             },
             faults: Default::default(),
         };
-        let core = (!args.no_pin)
+        let core = args
+            .pin
             .then(|| cpus.get(index % cpus.len().max(1)).copied())
             .flatten();
         let ready = ready_tx.clone();

@@ -1,4 +1,4 @@
-//! One shard: a pinned thread, one io_uring, its share of the service
+//! One shard: a thread (pinned with --pin), one io_uring, its share of the service
 //! sockets (SO_REUSEPORT), and the transfers it accepted, each on its own
 //! socket. The loop only moves bytes and time; `proto` decides everything.
 //!

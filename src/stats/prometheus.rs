@@ -351,7 +351,7 @@ pub fn render(view: &View) -> String {
         (
             "uftpd_shards",
             G,
-            "Shards (pinned threads, one io_uring each).",
+            "Shards (threads, one io_uring each).",
             view.shards.len().to_string(),
         ),
         (
