@@ -47,6 +47,11 @@ MIB = 1 << 20
 # name -> (bytes); random content, made once per run.
 FILES = {"f64k": 64 << 10, "f1m": 1 * MIB, "f8m": 8 * MIB, "f64m": 64 * MIB}
 
+# A farm's clients come from many addresses, not one: the storms bind their
+# transfers to 40 loopback addresses in turn (uftpd's per-client limits, like
+# any server's, would otherwise see one client opening 10,000 sessions).
+MANY_CLIENTS = ["--bind", "127.0.0.10-127.0.0.49"]
+
 # The scenarios of issue 8. `transfers` defaults to `sessions`.
 SCENARIOS = {
     "S1": dict(desc="PXE storm: 64 x 8 MiB lock-step, blksize 1432",
@@ -62,10 +67,10 @@ SCENARIOS = {
     "S5": dict(desc="UEFI storm: 64 x 8 MiB, blksize 1468, windowsize 4",
                file="f8m", sessions=64, args=["--blksize", "1468", "--windowsize", "4"]),
     "S6": dict(desc="thundering herd: 1,000 x 8 MiB starting within one second",
-               file="f8m", sessions=1000, args=["--blksize", "1432", "--rate", "1000"],
+               file="f8m", sessions=1000, args=["--blksize", "1432", "--rate", "1000", *MANY_CLIENTS],
                timeout_s=600),
     "S7": dict(desc="10,000 concurrent sessions of a 1 MiB file",
-               file="f1m", sessions=10000, args=["--blksize", "1432", "--retries", "8"],
+               file="f1m", sessions=10000, args=["--blksize", "1432", "--retries", "8", *MANY_CLIENTS],
                timeout_s=600),
 }
 # tuning.md's sweeps: 64 x 8 MiB with one knob moved.
@@ -194,7 +199,7 @@ def free_port():
 def server_command(server, root, port, workdir):
     kind, b = server["kind"], server["bin"]
     if kind == "uftpd":
-        return [b, "--listen", f"127.0.0.1:{port}", "--stats", "127.0.0.1:0",
+        return [*server.get("prefix", []), b, "--listen", f"127.0.0.1:{port}", "--stats", "127.0.0.1:0",
                 "--max-sessions", "20000", *server.get("extra", []), root]
     if kind == "sol":
         return [b, "--listen", f"127.0.0.1:{port}", "--file", os.path.join(root, "f8m")]
@@ -352,7 +357,7 @@ def best_other(medians, names, key):
     return max(vals) if key in HIGHER_BETTER else min(vals)
 
 
-def table(scenarios, servers, meds, fails):
+def table(scenarios, servers, meds, fails, reasons):
     names = [s["name"] for s in servers]
     lines = ["| scenario | server | goodput Mbit/s | transfers/s | p50 ms | p99 ms | first block p99 ms "
              "| server CPU-s/GiB | generator CPU-s/GiB | failed |",
@@ -364,8 +369,9 @@ def table(scenarios, servers, meds, fails):
             if n not in m:
                 continue
             x = m[n]
+            why = ", ".join(f"{k} {v}" for k, v in sorted(reasons[sc["name"]][n].items()))
             lines.append(f"| {sc['name']} | {n} | " + " | ".join(fmt(x.get(k)) for k in FIGURES)
-                         + f" | {fails[sc['name']][n]} |")
+                         + f" | {fails[sc['name']][n]}{' (' + why + ')' if why else ''} |")
         others = any(not n.startswith("uftpd") and n != "sol" for n in m)
         for n in names:
             if not n.startswith("uftpd") or n not in m or (not others and n == "uftpd"):
@@ -441,7 +447,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default="S1,S2,S3,S3w,S4,S5")
     ap.add_argument("--servers", default="uftpd,tftpd-hpa,atftpd,dnsmasq",
-                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-pinned (--pin), uftpd-c1-pinned, "
+                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-pinned (--pin), uftpd-c1-pinned, uftpd-nogso (--no-gso), uftpd-smallrings (64 KiB memlock: reduced rings), "
                          "sol (speed-of-light responder, S1/S5 only), tftpd-hpa, atftpd, dnsmasq")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="uftpd-load --threads")
@@ -470,6 +476,9 @@ def main():
         "uftpd-q": dict(kind="uftpd", bin=uftpd, extra=["-q"]),
         "uftpd-c1": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1"]),
         "uftpd-pinned": dict(kind="uftpd", bin=uftpd, extra=["--pin"]),
+        "uftpd-nogso": dict(kind="uftpd", bin=uftpd, extra=["--no-gso"]),
+        # Under a 64 KiB RLIMIT_MEMLOCK the shards fall back to reduced rings.
+        "uftpd-smallrings": dict(kind="uftpd", bin=uftpd, extra=[], prefix=["prlimit", "--memlock=65536"]),
         "uftpd-c1-pinned": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1", "--pin"]),
         "sol": dict(kind="sol", bin=os.path.join(release, "uftpd-sol")),
         "tftpd-hpa": dict(kind="tftpd-hpa"),
@@ -487,7 +496,8 @@ def main():
         servers.append(s)
     if a.curve:
         scenarios = [dict(name=f"C{n}", desc=f"cost curve: {n} concurrent x 1 MiB, blksize 1432",
-                          file="f1m", sessions=n, transfers=max(n, 16), args=["--blksize", "1432"],
+                          file="f1m", sessions=n, transfers=max(n, 16),
+                          args=["--blksize", "1432", *(MANY_CLIENTS if n > 64 else [])],
                           timeout_s=600) for n in CURVE_SESSIONS]
     else:
         scenarios = [dict(SCENARIOS[n], name=n) for n in a.scenarios.split(",")]
@@ -560,16 +570,24 @@ def main():
             stop_server(s)
         shutil.rmtree(work, ignore_errors=True)
 
-    meds, fails = {}, {}
+    meds, fails, reasons = {}, {}, {}
     for sc in scenarios:
-        meds[sc["name"]], fails[sc["name"]] = {}, {}
+        meds[sc["name"]], fails[sc["name"]], reasons[sc["name"]] = {}, {}, {}
         for s in servers:
             rs = [r for r in results[sc["name"]][s["name"]] if r]
             if not rs:
                 continue
-            meds[sc["name"]][s["name"]] = {k: median(rs, k) for k in FIGURES + ["rss_peak_kib_per_session"]}
+            # Figures only from trials where something was served: a server
+            # that failed every transfer has no latency to compare.
+            served = [r for r in rs if r["ok"] > 0]
+            meds[sc["name"]][s["name"]] = {k: median(served, k) for k in FIGURES + ["rss_peak_kib_per_session"]}
             fails[sc["name"]][s["name"]] = sum(r["failed"] for r in rs)
-    full, ratios = table(scenarios, servers, meds, fails)
+            why = {}
+            for r in rs:
+                for k, v in r["failures"].items():
+                    why[k] = why.get(k, 0) + v
+            reasons[sc["name"]][s["name"]] = why
+    full, ratios = table(scenarios, servers, meds, fails, reasons)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"\n## {('Cost curve' if a.curve else 'Scenarios ' + a.scenarios)}: uftpd-load side by side ({now})\n",
            f"- command: `python3 bench/scenarios.py {' '.join(sys.argv[1:])}`",

@@ -57,6 +57,13 @@ pub struct Args {
     #[arg(long)]
     pub pin: bool,
 
+    /// Send each DATA block as its own datagram instead of a window per
+    /// `sendmsg` with UDP segmentation offload (GSO). For paths that
+    /// mishandle GSO; uftpd already falls back per transfer when the
+    /// kernel refuses a GSO send.
+    #[arg(long)]
+    pub no_gso: bool,
+
     /// Address to serve on; repeat for several. Port 0 picks a free port.
     /// [default: 0.0.0.0:69 and [::]:69]
     // `[::]` is an address for --help, not a rustdoc link.

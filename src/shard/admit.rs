@@ -312,7 +312,7 @@ impl Shard {
         let slot = Slot {
             store,
             group,
-            gso: true,
+            gso: self.ctx.gso,
             cold,
             owed: None,
             waiting: false,

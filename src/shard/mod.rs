@@ -71,6 +71,8 @@ pub struct ShardSetup {
     pub names: Option<Arc<NameMap>>,
     /// Serve files without the o+r bit too (`--permissive`).
     pub permissive: bool,
+    /// Send windows as UDP GSO batches (`--no-gso` turns it off).
+    pub gso: bool,
     pub netascii_bytes_max: u64,
     pub grace_ms: u64,
     /// Where transfer, refusal and request records go (never waited for).
@@ -195,6 +197,7 @@ struct Context {
     upload_locks: Arc<UploadLocks>,
     names: Option<Arc<NameMap>>,
     permissive: bool,
+    gso: bool,
     netascii_bytes_max: u64,
     grace_ms: u64,
     logger: Logger,
@@ -279,6 +282,7 @@ impl Shard {
                 upload_locks: setup.upload_locks,
                 names: setup.names.filter(|n| !n.is_identity()),
                 permissive: setup.permissive,
+                gso: setup.gso,
                 netascii_bytes_max: setup.netascii_bytes_max,
                 grace_ms: setup.grace_ms,
                 logger: setup.logger,

@@ -15,7 +15,7 @@ mod worker;
 
 use std::fs::File;
 use std::io::{IsTerminal, Write as _};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -93,6 +93,11 @@ struct Args {
     /// Start at most this many transfers per second (over all threads).
     #[arg(long, value_name = "N")]
     rate: Option<f64>,
+    /// Bind transfers to these source addresses in turn, so the server
+    /// sees many clients (e.g. 127.0.0.10-127.0.0.49); a range A-B of IPv4
+    /// addresses is accepted. Default: one address, the system's choice.
+    #[arg(long, value_name = "ADDR[-ADDR]")]
+    bind: Vec<String>,
     /// Worker threads, each with its own io_uring.
     #[arg(long, default_value_t = 1, value_name = "N")]
     threads: usize,
@@ -174,6 +179,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         "write": args.write,
         "rate": args.rate,
         "threads": threads,
+        "bind": args.bind,
     });
     let plan = Plan {
         server,
@@ -183,6 +189,7 @@ fn run(args: Args) -> Result<ExitCode, String> {
         timer,
         sessions_per_thread: per_thread,
         rate_per_thread: args.rate.map(|r| r / threads as f64),
+        bind: parse_binds(&args.bind, server)?,
     };
     let shared = Arc::new(Shared::new(plan, transfers, duration));
     let cpu_before = cpu_time(CpuOf::Process).unwrap_or_default();
@@ -298,6 +305,32 @@ fn run(args: Args) -> Result<ExitCode, String> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Source addresses per BIND_ADDRS_MAX at most.
+const BIND_ADDRS_MAX: u32 = 65_536;
+
+fn parse_binds(binds: &[String], server: SocketAddr) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for b in binds {
+        let bad = |e: &dyn std::fmt::Display| format!("--bind {b}: {e}");
+        match b.split_once('-') {
+            Some((lo, hi)) => {
+                let lo: Ipv4Addr = lo.trim().parse().map_err(|e| bad(&e))?;
+                let hi: Ipv4Addr = hi.trim().parse().map_err(|e| bad(&e))?;
+                let (lo, hi) = (u32::from(lo), u32::from(hi));
+                if hi < lo || hi - lo >= BIND_ADDRS_MAX {
+                    return Err(bad(&"want a range LOW-HIGH of at most 65536 addresses"));
+                }
+                out.extend((lo..=hi).map(|a| IpAddr::V4(Ipv4Addr::from(a))));
+            }
+            None => out.push(b.trim().parse().map_err(|e| bad(&e))?),
+        }
+    }
+    if out.iter().any(|ip| ip.is_ipv4() != server.is_ipv4()) {
+        return Err("--bind addresses must be of the server's address family".into());
+    }
+    Ok(out)
 }
 
 fn resolve(server: &str) -> Result<SocketAddr, String> {

@@ -32,6 +32,9 @@ pub struct Plan {
     /// Transfers started per second by each thread (`None`: as fast as
     /// sessions free up).
     pub rate_per_thread: Option<f64>,
+    /// Source addresses transfers bind to in turn (many clients from one
+    /// machine: 127.0.0.0/8 on loopback); empty: the unspecified address.
+    pub bind: Vec<std::net::IpAddr>,
 }
 
 /// What the workers share while running.

@@ -85,7 +85,10 @@ pub struct Worker {
     start_interval: Option<Duration>,
     batch: Vec<Completion>,
     settled: Vec<Owner>,
-    local: SocketAddr,
+    /// Where transfer sockets bind: `--bind` addresses in turn, or the
+    /// unspecified address.
+    locals: Vec<SocketAddr>,
+    next_local: usize,
     datagram_bytes: usize,
 }
 
@@ -99,9 +102,13 @@ impl Worker {
         let io = Uring::new(ring_sizes(sessions, datagram_bytes), owners).map_err(|e| {
             format!("cannot set up io_uring: {e:?} (raise RLIMIT_MEMLOCK or use fewer --sessions)")
         })?;
-        let local = match plan.server {
-            SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
-            SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        let locals = if plan.bind.is_empty() {
+            vec![match plan.server {
+                SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            }]
+        } else {
+            plan.bind.iter().map(|ip| SocketAddr::new(*ip, 0)).collect()
         };
         let start_interval = plan
             .rate_per_thread
@@ -120,7 +127,8 @@ impl Worker {
             start_interval,
             batch: Vec::with_capacity(COMPLETIONS_PER_BATCH),
             settled: Vec::new(),
-            local,
+            locals,
+            next_local: 0,
             datagram_bytes,
             shared,
         })
@@ -205,7 +213,9 @@ impl Worker {
     /// A socket for transfer `index`, installed and receiving.
     fn open(&mut self, index: u32, transfer: &Transfer) -> io::Result<()> {
         let owner = Owner::new(index);
-        let fd = uftpd::sys::net::transfer_socket(self.local)?;
+        let local = self.locals[self.next_local % self.locals.len()];
+        self.next_local = self.next_local.wrapping_add(1);
+        let fd = uftpd::sys::net::transfer_socket(local)?;
         self.io.install(owner, fd)?;
         if let Some(content) = &self.shared.plan.files[transfer.file].content
             && self.shared.plan.write
