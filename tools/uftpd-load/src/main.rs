@@ -250,9 +250,10 @@ fn run(args: Args) -> Result<ExitCode, String> {
             Err(e) => errors.push(format!("cannot start a worker thread: {e}")),
         }
     }
-    let wall = total
-        .finished_at
-        .map_or_else(|| started.elapsed(), |t| t.saturating_duration_since(started));
+    let wall = total.finished_at.map_or_else(
+        || started.elapsed(),
+        |t| t.saturating_duration_since(started),
+    );
     if let Some(bar) = progress {
         bar.finish_and_clear();
     }
