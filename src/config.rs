@@ -10,11 +10,12 @@ use crate::cache::{Overwrite, UploadPolicy};
 use crate::log::{Format, Level};
 use crate::proto::budget::SourceLimits;
 use crate::proto::endpoint::EndpointConfig;
-use crate::proto::options::{NegotiationLimits, WINDOWSIZE_MAX};
+use crate::proto::options::{NegotiationLimits, Refused, WINDOWSIZE_MAX};
 use crate::proto::server::ServerConfig;
 use crate::proto::transfer::TimerConfig;
 use crate::proto::wire::{BLKSIZE_MAX, BLKSIZE_MIN};
 pub use crate::stats::allow::{Cidr, parse_cidr};
+pub use crate::sys::net::PortRange;
 
 pub mod hpa;
 
@@ -141,6 +142,20 @@ pub struct Args {
     /// numbers cannot tell a larger window's ACKs apart).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=i64::from(WINDOWSIZE_MAX)))]
     pub windowsize_max: u16,
+
+    /// Never negotiate this option (blksize, tsize, timeout, windowsize):
+    /// requests that carry it are served as if it were not there (tftpd-hpa's
+    /// -r), for clients that mishandle it. Repeat for several.
+    #[arg(long, value_enum, value_name = "OPTION", ignore_case = true)]
+    pub refuse: Vec<TftpOption>,
+
+    /// Bind transfer sockets to ports from LO to HI (for a firewall that
+    /// opens a fixed range); each port is tried at most once per request,
+    /// and when none is free the request gets ERROR 0 "No free transfer
+    /// port". Keep it above 1023 with --user. [default: the kernel's
+    /// ephemeral ports, net.ipv4.ip_local_port_range]
+    #[arg(long, value_name = "LO:HI", value_parser = PortRange::parse)]
+    pub port_range: Option<PortRange>,
 
     /// First retransmit timeout in milliseconds; doubles on each retry
     /// (a client's `timeout` option replaces it, without doubling).
@@ -327,6 +342,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// The options `--refuse` can take out of negotiation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TftpOption {
+    /// RFC 2348: clients then get 512-byte blocks.
+    Blksize,
+    /// RFC 2349: no size is announced, and an upload's size is not checked
+    /// before it starts (--max-upload-bytes still applies as bytes arrive).
+    Tsize,
+    /// RFC 2349: the server keeps --retransmit-ms.
+    Timeout,
+    /// RFC 7440: one block per ACK.
+    Windowsize,
+}
+
 /// Command lines of other servers that uftpd reads ([`hpa`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compat {
@@ -394,6 +423,20 @@ impl Args {
         }))
     }
 
+    /// The options `--refuse` named.
+    pub fn refused(&self) -> Refused {
+        let mut r = Refused::NONE;
+        for option in &self.refuse {
+            match option {
+                TftpOption::Blksize => r.blksize = true,
+                TftpOption::Tsize => r.tsize = true,
+                TftpOption::Timeout => r.timeout = true,
+                TftpOption::Windowsize => r.windowsize = true,
+            }
+        }
+        r
+    }
+
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         if self.listen.is_empty() {
             vec![
@@ -411,6 +454,7 @@ impl Args {
                 blksize_max: self.blksize_max,
                 windowsize_max: self.windowsize_max,
                 upload_bytes_max: self.max_upload_bytes,
+                refused: self.refused(),
             },
             timer: TimerConfig {
                 retransmit_ms: self.retransmit_ms,

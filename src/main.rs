@@ -199,6 +199,7 @@ fn run(
             upload_locks: Arc::clone(&upload_locks),
             names: names.clone(),
             permissive: args.permissive,
+            port_range: args.port_range,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,
             logger: logger.clone(),

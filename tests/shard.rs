@@ -62,6 +62,7 @@ impl InProcess {
             upload_locks: Default::default(),
             names: None,
             permissive: args.permissive,
+            port_range: args.port_range,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: 1000,
             logger: uftpd::log::Logger::off(),

@@ -101,8 +101,25 @@ struct Seen {
     retransmit: Option<OsString>,
     map_file: Option<OsString>,
     pidfile: Option<OsString>,
+    /// `--refuse` values for uftpd, from `-r` (validated).
+    refuse: Vec<&'static str>,
+    port_range: Option<OsString>,
     dirs: Vec<OsString>,
 }
+
+/// What `-r NAME` means here: the options uftpd negotiates become
+/// `--refuse NAME`; those of tftpd-hpa that uftpd never negotiates need
+/// nothing (`None`). Names are matched without case, as tftpd-hpa does.
+const REFUSABLE: &[(&str, Option<&str>)] = &[
+    ("blksize", Some("blksize")),
+    ("tsize", Some("tsize")),
+    ("timeout", Some("timeout")),
+    // Not in tftpd-hpa 5.2, but uftpd negotiates it.
+    ("windowsize", Some("windowsize")),
+    ("blksize2", None),
+    ("utimeout", None),
+    ("rollover", None),
+];
 
 /// Translates tftpd-hpa's arguments (without the program name).
 pub fn translate(args: &[OsString]) -> Result<Hpa, String> {
@@ -226,18 +243,27 @@ fn apply(seen: &mut Seen, flag: Flag, value: Option<OsString>) -> Result<(), Str
                 .map_err(|_| format!("-t/--timeout {v}: not a number of seconds"))?;
         }
         Flag::Refuse => {
-            return Err(format!(
-                "-r/--refuse {}: uftpd cannot refuse single options yet; its limits are \
-                 --blksize-max and --windowsize-max",
-                text().unwrap_or_default()
-            ));
+            let v = text().unwrap_or_default();
+            let (_, native) = REFUSABLE
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(v.trim()))
+                .ok_or_else(|| {
+                    format!(
+                        "-r/--refuse {v}: not an option tftpd-hpa or uftpd negotiates \
+                         (blksize, tsize, timeout, windowsize, blksize2, utimeout, rollover)"
+                    )
+                })?;
+            // uftpd never negotiates the others, so refusing them is a no-op.
+            if let Some(native) = native
+                && !seen.refuse.contains(native)
+            {
+                seen.refuse.push(native);
+            }
         }
         Flag::PortRange => {
-            return Err(format!(
-                "-R/--port-range {}: uftpd takes transfer ports from the kernel's ephemeral \
-                 range and has no --port-range yet (set net.ipv4.ip_local_port_range)",
-                text().unwrap_or_default()
-            ));
+            let v = text().unwrap_or_default();
+            crate::sys::net::PortRange::parse(&v).map_err(|e| format!("-R/--port-range {e}"))?;
+            seen.port_range = value;
         }
     }
     Ok(())
@@ -297,6 +323,10 @@ fn native(seen: Seen) -> Result<Hpa, String> {
     pass("--umask", seen.umask);
     pass("--map-file", seen.map_file);
     pass("--pidfile", seen.pidfile);
+    pass("--port-range", seen.port_range);
+    for option in &seen.refuse {
+        pass("--refuse", Some((*option).into()));
+    }
     if let Some(us) = seen.retransmit {
         pass(
             "--retransmit-ms",
@@ -388,7 +418,7 @@ fn show(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Args;
+    use crate::config::{Args, PortRange};
     use clap::Parser;
     use std::path::PathBuf;
 
@@ -462,6 +492,27 @@ mod tests {
     }
 
     #[test]
+    fn refuse_and_port_range_are_translated() {
+        let (args, _) = parsed("-l -r tsize -r BLKSIZE --refuse=tsize -R 4096:32767 -s /srv");
+        assert_eq!(
+            args.port_range,
+            Some(PortRange {
+                lo: 4096,
+                hi: 32767
+            })
+        );
+        let r = args.refused();
+        assert!(r.tsize && r.blksize && !r.timeout && !r.windowsize);
+        // Options uftpd never negotiates need nothing.
+        let (args, h) = parsed("-l -r rollover -r utimeout -r blksize2 -s /srv");
+        assert_eq!(args.refused(), crate::proto::options::Refused::NONE);
+        assert!(!h.argv.iter().any(|a| a == "--refuse"));
+        let (args, _) = parsed("-l --port-range=69:69 -r timeout -r windowsize -s /srv");
+        assert_eq!(args.port_range, Some(PortRange { lo: 69, hi: 69 }));
+        assert!(args.refused().timeout && args.refused().windowsize);
+    }
+
+    #[test]
     fn version_and_help_pass_through() {
         assert_eq!(hpa("-V").unwrap().argv, vec!["uftpd", "--version"]);
         assert_eq!(hpa("--help").unwrap().argv, vec!["uftpd", "--help"]);
@@ -471,8 +522,9 @@ mod tests {
     #[test]
     fn unsupported_flags_are_refused_with_a_pointer() {
         for (line, says) in [
-            ("-l -r tsize -s /srv", "--blksize-max"),
-            ("-l -R 4096:32767 -s /srv", "ip_local_port_range"),
+            ("-l -r mtu -s /srv", "not an option"),
+            ("-l -R 4096 -s /srv", "-R/--port-range"),
+            ("-l -R 9:8 -s /srv", "LO <= HI"),
             ("-l /srv", "add -s DIR"),
             ("-l -s /a /b", "one root"),
             ("-l -s", "needs a directory"),

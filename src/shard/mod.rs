@@ -45,6 +45,7 @@ use crate::proto::sessions::Sessions;
 use crate::proto::wire;
 use crate::remap::NameMap;
 use crate::stats::ShardCounters;
+use crate::sys::net::{PortPicker, PortRange};
 use crate::sys::process::EventFd;
 use crate::uring::{Completion, Group, Op, Owner, RingSizes, Uring};
 
@@ -71,6 +72,8 @@ pub struct ShardSetup {
     pub names: Option<Arc<NameMap>>,
     /// Serve files without the o+r bit too (`--permissive`).
     pub permissive: bool,
+    /// Ports transfer sockets bind (`--port-range`); `None`: the kernel's.
+    pub port_range: Option<PortRange>,
     pub netascii_bytes_max: u64,
     pub grace_ms: u64,
     /// Where transfer, refusal and request records go (never waited for).
@@ -195,6 +198,8 @@ struct Context {
     upload_locks: Arc<UploadLocks>,
     names: Option<Arc<NameMap>>,
     permissive: bool,
+    /// Where the next transfer socket's port comes from (`--port-range`).
+    ports: Option<PortPicker>,
     netascii_bytes_max: u64,
     grace_ms: u64,
     logger: Logger,
@@ -244,6 +249,18 @@ fn new_ring_retrying(sizes: RingSizes, owners: u32) -> Result<Uring, StartError>
     }
 }
 
+/// A seed for a shard's [`PortPicker`]: from the kernel's pool, or, if
+/// that fails, from the clock and the shard's index (ports then are only
+/// less unpredictable, never wrong).
+fn port_seed(index: usize) -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ (index as u64).rotate_left(32)
+    })
+}
+
 impl Shard {
     /// Builds the ring and installs the sockets, on the calling (shard) thread.
     pub fn new(setup: ShardSetup) -> Result<Shard, StartError> {
@@ -279,6 +296,9 @@ impl Shard {
                 upload_locks: setup.upload_locks,
                 names: setup.names.filter(|n| !n.is_identity()),
                 permissive: setup.permissive,
+                ports: setup
+                    .port_range
+                    .map(|range| PortPicker::new(range, port_seed(setup.index))),
                 netascii_bytes_max: setup.netascii_bytes_max,
                 grace_ms: setup.grace_ms,
                 logger: setup.logger,

@@ -205,7 +205,7 @@ impl Worker {
     /// A socket for transfer `index`, installed and receiving.
     fn open(&mut self, index: u32, transfer: &Transfer) -> io::Result<()> {
         let owner = Owner::new(index);
-        let fd = uftpd::sys::net::transfer_socket(self.local)?;
+        let fd = uftpd::sys::net::transfer_socket(self.local, None)?;
         self.io.install(owner, fd)?;
         if let Some(content) = &self.shared.plan.files[transfer.file].content
             && self.shared.plan.write
