@@ -18,6 +18,7 @@ pub use crate::stats::allow::{Cidr, parse_cidr};
 pub use crate::sys::net::PortRange;
 
 pub mod hpa;
+pub mod manual;
 
 pub const TFTP_PORT: u16 = 69;
 
@@ -39,8 +40,17 @@ pub const UNVERIFIED_QUIET_WAITS: u32 = 2;
 )]
 pub struct Args {
     /// Directory to serve; nothing outside it is ever read or written.
-    #[arg(required_unless_present = "map_test")]
+    #[arg(required_unless_present_any = ["map_test", "generate_man", "generate_completions"])]
     pub root: Option<PathBuf>,
+
+    /// Write the man page (uftpd.8) into DIR and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
+    pub generate_man: Option<PathBuf>,
+
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell) and exit (for packaging).
+    #[arg(long, value_name = "SHELL", hide = true, exclusive = true)]
+    pub generate_completions: Option<clap_complete::Shell>,
 
     /// Read the rest of the command line as tftpd-hpa's (`in.tftpd`'s);
     /// must come first. Invoking uftpd as `in.tftpd` does the same.

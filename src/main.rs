@@ -62,6 +62,19 @@ fn main() -> ExitCode {
     if let Some(map) = &args.map_test {
         return map_test(&args, map);
     }
+    if let Some(dir) = &args.generate_man {
+        return generate_man(dir);
+    }
+    if let Some(shell) = args.generate_completions {
+        let script = config::manual::completions(shell);
+        return match std::io::stdout().lock().write_all(&script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                uftpd::log_error!("--generate-completions: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Configuration errors exit 2, as a bad flag does.
     let names = match name_map(&args) {
         Ok(names) => names,
@@ -553,6 +566,18 @@ fn read_map_file(flag: &str, path: &Path) -> Result<Rules, Vec<String>> {
         }
         lines
     })
+}
+
+/// `uftpd --generate-man DIR`: writes DIR/uftpd.8.
+fn generate_man(dir: &Path) -> ExitCode {
+    let path = dir.join(config::manual::MAN_FILE);
+    match config::manual::man_page().and_then(|page| std::fs::write(&path, page)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            uftpd::log_error!("--generate-man {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Longest test line `--map-test` reads: a name (at most 1020 bytes), a
