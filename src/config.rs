@@ -68,6 +68,7 @@ pub struct Args {
     pub no_pin: bool,
 
     /// Address to serve on; repeat for several. Port 0 picks a free port.
+    /// Not with socket activation (LISTEN_FDS), which uses systemd's sockets.
     /// [default: 0.0.0.0:69 and [::]:69]
     // `[::]` is an address for --help, not a rustdoc link.
     #[allow(rustdoc::broken_intra_doc_links)]

@@ -32,16 +32,30 @@ fn set_int_opt(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::Resu
 /// SO_REUSEPORT group so the kernel spreads clients across shards.
 pub fn service_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
-        set_int_opt(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
-    } else {
-        set_int_opt(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
     }
-    let _ = socket.set_recv_buffer_size(RECV_BUFFER_BYTES);
+    prepare_service(&socket, addr)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// The options every service socket has, bound yet or not (a socket
+/// systemd passed is bound already): SO_REUSEPORT, packet info (the
+/// address each request came to), a large receive buffer (best effort).
+pub fn prepare_service(
+    fd: &(impl AsRawFd + std::os::fd::AsFd),
+    addr: SocketAddr,
+) -> io::Result<()> {
+    let socket = socket2::SockRef::from(fd);
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+    } else {
+        set_int_opt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    }
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER_BYTES);
+    Ok(())
 }
 
 /// Fails with EADDRINUSE if another program holds `addr` (a SO_REUSEPORT
