@@ -105,3 +105,28 @@ fn man_renders_the_page() {
     }
     assert!(text.contains("--port-range"), "{text}");
 }
+
+/// The files `[package.metadata.deb]` packages exist (cargo-deb is not
+/// needed to check that), and the maintainer script leaves room for
+/// cargo-deb's systemd snippets.
+#[test]
+fn the_deb_assets_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let assets: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("[\""))
+        .filter_map(|l| l.split('"').next())
+        .filter(|src| !src.starts_with("target/"))
+        .collect();
+    assert!(assets.len() >= 5, "{assets:?}");
+    for src in assets {
+        assert!(root.join(src).is_file(), "deb asset {src} is missing");
+    }
+    for unit in ["dist/uftpd.service", "dist/uftpd.socket"] {
+        assert!(root.join(unit).is_file(), "{unit}");
+    }
+    let postinst = std::fs::read_to_string(root.join("dist/debian/postinst")).unwrap();
+    assert!(postinst.contains("#DEBHELPER#"));
+    assert!(postinst.contains("adduser --system"));
+}
