@@ -67,13 +67,16 @@ pub struct Args {
     #[arg(long)]
     pub no_pin: bool,
 
-    /// Address to serve on; repeat for several. Port 0 picks a free port.
-    /// Not with socket activation (LISTEN_FDS), which uses systemd's sockets.
+    /// Address to serve on; repeat for several. `ADDR:PORT`, `[IPV6]:PORT`,
+    /// an address alone (port 69), `:PORT` or `PORT` alone (0.0.0.0 and
+    /// [::]), `localhost[:PORT]` (127.0.0.1). Port 0 picks a free port.
+    /// An IPv6 address serves IPv6 only. Not with socket activation
+    /// (LISTEN_FDS), which uses systemd's sockets.
     /// [default: 0.0.0.0:69 and [::]:69]
     // `[::]` is an address for --help, not a rustdoc link.
     #[allow(rustdoc::broken_intra_doc_links)]
-    #[arg(long = "listen", value_name = "ADDR:PORT")]
-    pub listen: Vec<SocketAddr>,
+    #[arg(long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub listen: Vec<Listen>,
 
     /// Start beside a uftpd that is serving the same addresses (they share
     /// the ports through SO_REUSEPORT), for a restart without a gap: start
@@ -391,6 +394,28 @@ pub fn hpa_arguments(argv: &[std::ffi::OsString]) -> Option<&[std::ffi::OsString
     }
 }
 
+/// One `--listen` value: the addresses it stands for (`:69` is two).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen(pub Vec<SocketAddr>);
+
+/// `--listen` as operators write it (the forms tftpd-hpa's `-a` takes,
+/// and a port alone): see [`hpa::address_list`].
+pub fn parse_listen(text: &str) -> Result<Listen, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("an empty address (give ADDR:PORT, :PORT or PORT)".into());
+    }
+    // `69`: a port (tftpd-hpa would take it for a host name).
+    let spec = if t.bytes().all(|b| b.is_ascii_digit()) {
+        format!(":{t}")
+    } else {
+        t.to_string()
+    };
+    hpa::address_list(&spec, false, false)
+        .map(Listen)
+        .map_err(|why| format!("{text:?}: {why}"))
+}
+
 /// A umask: octal digits, at most 0777 (`022`, `0o027`, `0007`).
 pub fn parse_umask(text: &str) -> Result<u32, String> {
     let t = text.trim();
@@ -448,15 +473,22 @@ impl Args {
         r
     }
 
+    /// The addresses to serve on, each once, in the order given.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         if self.listen.is_empty() {
-            vec![
+            return vec![
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)),
                 SocketAddr::from((Ipv6Addr::UNSPECIFIED, TFTP_PORT)),
-            ]
-        } else {
-            self.listen.clone()
+            ];
         }
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for addr in self.listen.iter().flat_map(|l| l.0.iter()) {
+            // A port-0 address twice means two free ports: keep both.
+            if addr.port() == 0 || !out.contains(addr) {
+                out.push(*addr);
+            }
+        }
+        out
     }
 
     pub fn server_config(&self) -> ServerConfig {
@@ -521,6 +553,56 @@ mod tests {
         assert!(parse_size("").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_as_operators_write_them() {
+        let both = |port: u16| {
+            vec![
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            ]
+        };
+        let one = |a: &str| vec![a.parse::<SocketAddr>().unwrap()];
+        assert_eq!(parse_listen(":69").unwrap().0, both(69));
+        assert_eq!(parse_listen("69").unwrap().0, both(69));
+        assert_eq!(parse_listen("6969").unwrap().0, both(6969));
+        assert_eq!(parse_listen("localhost:69").unwrap().0, one("127.0.0.1:69"));
+        assert_eq!(parse_listen("localhost").unwrap().0, one("127.0.0.1:69"));
+        assert_eq!(parse_listen("[::]:69").unwrap().0, one("[::]:69"));
+        assert_eq!(parse_listen("[::1]").unwrap().0, one("[::1]:69"));
+        assert_eq!(parse_listen("::1").unwrap().0, one("[::1]:69"));
+        assert_eq!(parse_listen("10.0.0.1").unwrap().0, one("10.0.0.1:69"));
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().0, one("127.0.0.1:0"));
+        for bad in [
+            "",
+            "tftp.example:69",
+            "1.2.3.4:99999",
+            "[::1",
+            "99999",
+            "1.2.3.4:x",
+        ] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(!e.contains('\n') && !e.contains("-a/"), "{bad}: {e}");
+        }
+        // Repeats collapse, except free ports.
+        let args = Args::try_parse_from([
+            "uftpd",
+            "--listen",
+            ":69",
+            "--listen",
+            "0.0.0.0",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "/srv",
+        ])
+        .unwrap();
+        let mut want = both(69);
+        want.extend(one("127.0.0.1:0"));
+        want.extend(one("127.0.0.1:0"));
+        assert_eq!(args.listen_addrs(), want);
     }
 
     #[test]

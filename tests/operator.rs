@@ -128,3 +128,24 @@ fn transfer_sockets_bind_in_the_port_range_and_refuse_when_it_is_full() {
         server.log()
     );
 }
+
+#[test]
+fn listen_takes_addresses_as_operators_write_them() {
+    if skip_on_stand_in("uftpd's --listen forms") {
+        return;
+    }
+    let dir = TempDir::new("listen-forms");
+    std::fs::write(dir.join("f"), b"x\n").unwrap();
+    let server = Server::start(dir.path(), &["--listen", "localhost:0"]);
+    assert!(server.addr().ip().is_loopback(), "{}", server.log());
+    let got = raw_get(server.addr(), b"f", "octet", &[]).unwrap();
+    assert_eq!(got.data, b"x\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_uftpd"))
+        .args(["--listen", "pxe.example:69", "/"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("IP address"), "{err}");
+}

@@ -6,7 +6,7 @@ powershell\t''
 zsh\t''"
 complete -c uftpd -l compat -d 'Read the rest of the command line as tftpd-hpa\'s (`in.tftpd`\'s); must come first. Invoking uftpd as `in.tftpd` does the same' -r -f -a "hpa\t'tftpd-hpa 5.2\'s `in.tftpd`'"
 complete -c uftpd -l cores -d 'Shards (pinned threads, one io_uring each) [default: online CPUs]. More shards than CPUs run pinned round-robin, with a warning' -r
-complete -c uftpd -l listen -d 'Address to serve on; repeat for several. Port 0 picks a free port. Not with socket activation (LISTEN_FDS), which uses systemd\'s sockets. [default: 0.0.0.0:69 and [::]:69]' -r
+complete -c uftpd -l listen -d 'Address to serve on; repeat for several. `ADDR:PORT`, `[IPV6]:PORT`, an address alone (port 69), `:PORT` or `PORT` alone (0.0.0.0 and [::]), `localhost[:PORT]` (127.0.0.1). Port 0 picks a free port. An IPv6 address serves IPv6 only. Not with socket activation (LISTEN_FDS), which uses systemd\'s sockets. [default: 0.0.0.0:69 and [::]:69]' -r
 complete -c uftpd -l upload-dir -d 'Accept uploads only under this directory of the root (e.g. `incoming`); other WRQs get ERROR 2' -r -F
 complete -c uftpd -l map-file -d 'Rewrite or refuse requested names with tftpd-hpa\'s remap rules (its `-m` file; docs/remap.md), read once at start. A file with an error stops the start, with a line per problem' -r -F
 complete -c uftpd -l map-test -d 'Print what each name read from standard input maps to under the map FILE (with --lowercase and --strip-trailing-garbage applied first, if given), one line each, then exit; no ROOT needed (docs/remap.md)' -r -F

@@ -363,7 +363,13 @@ fn retransmit_ms(us: &str) -> Result<String, String> {
 /// address without a port (69), `localhost`. No address: both families,
 /// as tftpd-hpa opens both, unless -4 or -6.
 pub fn listen_addrs(text: &str, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr>, String> {
-    let bad = |why: &str| format!("-a/--address {text}: {why}");
+    address_list(text, ipv4, ipv6).map_err(|why| format!("-a/--address {text}: {why}"))
+}
+
+/// [`listen_addrs`] without the flag's name in the message (native
+/// `--listen` shares it).
+pub fn address_list(text: &str, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr>, String> {
+    let bad = |why: &str| why.to_string();
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
@@ -443,7 +449,7 @@ mod tests {
         assert!(h.standalone);
         assert!(!h.default_user);
         assert_eq!(args.root, Some(PathBuf::from("/srv/tftp")));
-        assert_eq!(args.listen, addrs(&["0.0.0.0:69", "[::]:69"]));
+        assert_eq!(args.listen_addrs(), addrs(&["0.0.0.0:69", "[::]:69"]));
         assert_eq!(args.user.as_deref(), Some("tftp"));
         assert!(!args.create);
         assert!(!args.permissive);
@@ -457,7 +463,7 @@ mod tests {
         assert!(!h.standalone);
         assert!(h.default_user);
         assert_eq!(args.root, Some(PathBuf::from("/var/lib/tftpboot")));
-        assert_eq!(args.listen, addrs(&["0.0.0.0:69", "[::]:69"]));
+        assert_eq!(args.listen_addrs(), addrs(&["0.0.0.0:69", "[::]:69"]));
         assert_eq!(args.user, None);
     }
 
@@ -468,7 +474,7 @@ mod tests {
              -B 1468 -m /etc/map -v --verbosity 3 -s /srv",
         );
         assert!(h.standalone);
-        assert_eq!(args.listen, addrs(&["127.0.0.1:6969"]));
+        assert_eq!(args.listen_addrs(), addrs(&["127.0.0.1:6969"]));
         assert!(args.create && args.permissive);
         assert_eq!(args.user.as_deref(), Some("nobody"));
         assert_eq!(args.umask, Some(0o027));
@@ -479,16 +485,16 @@ mod tests {
         assert_eq!(args.verbose, 1);
         // Attached values, long forms with '=', abbreviations, -- and order.
         let (args, _) = parsed("-sc -utftp --addr=[::1]:1069 --retrans=1000000 -6 -- /srv");
-        assert_eq!(args.listen, addrs(&["[::1]:1069"]));
+        assert_eq!(args.listen_addrs(), addrs(&["[::1]:1069"]));
         assert_eq!(args.user.as_deref(), Some("tftp"));
         assert_eq!(args.retransmit_ms, 1000);
         assert!(args.create);
         let (args, _) = parsed("/srv -l --secure");
         assert_eq!(args.root, Some(PathBuf::from("/srv")));
         let (args, _) = parsed("-s -a 10.1.2.3 /srv");
-        assert_eq!(args.listen, addrs(&["10.1.2.3:69"]));
+        assert_eq!(args.listen_addrs(), addrs(&["10.1.2.3:69"]));
         let (args, _) = parsed("-s -6 -a :70 /srv");
-        assert_eq!(args.listen, addrs(&["[::]:70"]));
+        assert_eq!(args.listen_addrs(), addrs(&["[::]:70"]));
     }
 
     #[test]
