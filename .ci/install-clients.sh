@@ -4,13 +4,15 @@
 #   tests/real_clients.rs and tests/faults.rs; chromium-headless-shell (the
 #   status page in a real browser) and promtool (check metrics) for
 #   tests/stats.rs; tftpd-hpa (extracted, not installed) for
-#   tools/uftpd-load/tests/load.rs. promtool is taken out of the prometheus package with
+#   tools/uftpd-load/tests/load.rs; man-db (man -l dist/uftpd.8) for
+#   tests/manual.rs; systemd (systemd-socket-activate, systemd-analyze) for
+#   tests/activation.rs. promtool is taken out of the prometheus package with
 #   dpkg -x: installing the package would start a Prometheus server.
 # Idempotent: packages already installed are skipped; when nothing is
 # missing, apt is not touched at all. Debian/Ubuntu, run as root (or sudo).
 set -euo pipefail
 
-PACKAGES=(tftp-hpa atftp busybox curl chromium-headless-shell)
+PACKAGES=(tftp-hpa atftp busybox curl chromium-headless-shell man-db systemd)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -68,7 +70,7 @@ if [[ $need_hpa -eq 1 ]]; then
     rm -rf "$work"
 fi
 
-for bin in tftp atftp busybox curl chromium-headless-shell; do
+for bin in tftp atftp busybox curl chromium-headless-shell man systemd-socket-activate systemd-analyze; do
     command -v "$bin" >/dev/null || { echo "install-clients: $bin still missing" >&2; exit 1; }
 done
 echo "install-clients: done"

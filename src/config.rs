@@ -10,13 +10,15 @@ use crate::cache::{Overwrite, UploadPolicy};
 use crate::log::{Format, Level};
 use crate::proto::budget::SourceLimits;
 use crate::proto::endpoint::EndpointConfig;
-use crate::proto::options::{NegotiationLimits, WINDOWSIZE_MAX};
+use crate::proto::options::{NegotiationLimits, Refused, WINDOWSIZE_MAX};
 use crate::proto::server::ServerConfig;
 use crate::proto::transfer::TimerConfig;
 use crate::proto::wire::{BLKSIZE_MAX, BLKSIZE_MIN};
 pub use crate::stats::allow::{Cidr, parse_cidr};
+pub use crate::sys::net::PortRange;
 
 pub mod hpa;
+pub mod manual;
 
 pub const TFTP_PORT: u16 = 69;
 
@@ -38,8 +40,17 @@ pub const UNVERIFIED_QUIET_WAITS: u32 = 2;
 )]
 pub struct Args {
     /// Directory to serve; nothing outside it is ever read or written.
-    #[arg(required_unless_present = "map_test")]
+    #[arg(required_unless_present_any = ["map_test", "generate_man", "generate_completions"])]
     pub root: Option<PathBuf>,
+
+    /// Write the man page (uftpd.8) into DIR and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
+    pub generate_man: Option<PathBuf>,
+
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish,
+    /// powershell) and exit (for packaging).
+    #[arg(long, value_name = "SHELL", hide = true, exclusive = true)]
+    pub generate_completions: Option<clap_complete::Shell>,
 
     /// Read the rest of the command line as tftpd-hpa's (`in.tftpd`'s);
     /// must come first. Invoking uftpd as `in.tftpd` does the same.
@@ -64,12 +75,16 @@ pub struct Args {
     #[arg(long)]
     pub no_gso: bool,
 
-    /// Address to serve on; repeat for several. Port 0 picks a free port.
+    /// Address to serve on; repeat for several. `ADDR:PORT`, `[IPV6]:PORT`,
+    /// an address alone (port 69), `:PORT` or `PORT` alone (0.0.0.0 and
+    /// [::]), `localhost[:PORT]` (127.0.0.1). Port 0 picks a free port.
+    /// An IPv6 address serves IPv6 only. Not with socket activation
+    /// (LISTEN_FDS), which uses systemd's sockets.
     /// [default: 0.0.0.0:69 and [::]:69]
     // `[::]` is an address for --help, not a rustdoc link.
     #[allow(rustdoc::broken_intra_doc_links)]
-    #[arg(long = "listen", value_name = "ADDR:PORT")]
-    pub listen: Vec<SocketAddr>,
+    #[arg(long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub listen: Vec<Listen>,
 
     /// Start beside a uftpd that is serving the same addresses (they share
     /// the ports through SO_REUSEPORT), for a restart without a gap: start
@@ -149,6 +164,20 @@ pub struct Args {
     /// numbers cannot tell a larger window's ACKs apart).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=i64::from(WINDOWSIZE_MAX)))]
     pub windowsize_max: u16,
+
+    /// Never negotiate this option (blksize, tsize, timeout, windowsize):
+    /// requests that carry it are served as if it were not there (tftpd-hpa's
+    /// -r), for clients that mishandle it. Repeat for several.
+    #[arg(long, value_enum, value_name = "OPTION", ignore_case = true)]
+    pub refuse: Vec<TftpOption>,
+
+    /// Bind transfer sockets to ports from LO to HI (for a firewall that
+    /// opens a fixed range); each port is tried at most once per request,
+    /// and when none is free the request gets ERROR 0 "No free transfer
+    /// port". Keep it above 1023 with --user. [default: the kernel's
+    /// ephemeral ports, net.ipv4.ip_local_port_range]
+    #[arg(long, value_name = "LO:HI", value_parser = PortRange::parse)]
+    pub port_range: Option<PortRange>,
 
     /// First retransmit timeout in milliseconds; doubles on each retry
     /// (a client's `timeout` option replaces it, without doubling).
@@ -335,6 +364,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// The options `--refuse` can take out of negotiation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TftpOption {
+    /// RFC 2348: clients then get 512-byte blocks.
+    Blksize,
+    /// RFC 2349: no size is announced, and an upload's size is not checked
+    /// before it starts (--max-upload-bytes still applies as bytes arrive).
+    Tsize,
+    /// RFC 2349: the server keeps --retransmit-ms.
+    Timeout,
+    /// RFC 7440: one block per ACK.
+    Windowsize,
+}
+
 /// Command lines of other servers that uftpd reads ([`hpa`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Compat {
@@ -357,6 +400,28 @@ pub fn hpa_arguments(argv: &[std::ffi::OsString]) -> Option<&[std::ffi::OsString
         Some("--compat") if argv.get(2).is_some_and(|a| a == "hpa") => argv.get(3..),
         _ => None,
     }
+}
+
+/// One `--listen` value: the addresses it stands for (`:69` is two).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen(pub Vec<SocketAddr>);
+
+/// `--listen` as operators write it (the forms tftpd-hpa's `-a` takes,
+/// and a port alone): see [`hpa::address_list`].
+pub fn parse_listen(text: &str) -> Result<Listen, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err("an empty address (give ADDR:PORT, :PORT or PORT)".into());
+    }
+    // `69`: a port (tftpd-hpa would take it for a host name).
+    let spec = if t.bytes().all(|b| b.is_ascii_digit()) {
+        format!(":{t}")
+    } else {
+        t.to_string()
+    };
+    hpa::address_list(&spec, false, false)
+        .map(Listen)
+        .map_err(|why| format!("{text:?}: {why}"))
 }
 
 /// A umask: octal digits, at most 0777 (`022`, `0o027`, `0007`).
@@ -402,15 +467,36 @@ impl Args {
         }))
     }
 
+    /// The options `--refuse` named.
+    pub fn refused(&self) -> Refused {
+        let mut r = Refused::NONE;
+        for option in &self.refuse {
+            match option {
+                TftpOption::Blksize => r.blksize = true,
+                TftpOption::Tsize => r.tsize = true,
+                TftpOption::Timeout => r.timeout = true,
+                TftpOption::Windowsize => r.windowsize = true,
+            }
+        }
+        r
+    }
+
+    /// The addresses to serve on, each once, in the order given.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         if self.listen.is_empty() {
-            vec![
+            return vec![
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)),
                 SocketAddr::from((Ipv6Addr::UNSPECIFIED, TFTP_PORT)),
-            ]
-        } else {
-            self.listen.clone()
+            ];
         }
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for addr in self.listen.iter().flat_map(|l| l.0.iter()) {
+            // A port-0 address twice means two free ports: keep both.
+            if addr.port() == 0 || !out.contains(addr) {
+                out.push(*addr);
+            }
+        }
+        out
     }
 
     pub fn server_config(&self) -> ServerConfig {
@@ -419,6 +505,7 @@ impl Args {
                 blksize_max: self.blksize_max,
                 windowsize_max: self.windowsize_max,
                 upload_bytes_max: self.max_upload_bytes,
+                refused: self.refused(),
             },
             timer: TimerConfig {
                 retransmit_ms: self.retransmit_ms,
@@ -474,6 +561,56 @@ mod tests {
         assert!(parse_size("").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_as_operators_write_them() {
+        let both = |port: u16| {
+            vec![
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            ]
+        };
+        let one = |a: &str| vec![a.parse::<SocketAddr>().unwrap()];
+        assert_eq!(parse_listen(":69").unwrap().0, both(69));
+        assert_eq!(parse_listen("69").unwrap().0, both(69));
+        assert_eq!(parse_listen("6969").unwrap().0, both(6969));
+        assert_eq!(parse_listen("localhost:69").unwrap().0, one("127.0.0.1:69"));
+        assert_eq!(parse_listen("localhost").unwrap().0, one("127.0.0.1:69"));
+        assert_eq!(parse_listen("[::]:69").unwrap().0, one("[::]:69"));
+        assert_eq!(parse_listen("[::1]").unwrap().0, one("[::1]:69"));
+        assert_eq!(parse_listen("::1").unwrap().0, one("[::1]:69"));
+        assert_eq!(parse_listen("10.0.0.1").unwrap().0, one("10.0.0.1:69"));
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().0, one("127.0.0.1:0"));
+        for bad in [
+            "",
+            "tftp.example:69",
+            "1.2.3.4:99999",
+            "[::1",
+            "99999",
+            "1.2.3.4:x",
+        ] {
+            let e = parse_listen(bad).unwrap_err();
+            assert!(!e.contains('\n') && !e.contains("-a/"), "{bad}: {e}");
+        }
+        // Repeats collapse, except free ports.
+        let args = Args::try_parse_from([
+            "uftpd",
+            "--listen",
+            ":69",
+            "--listen",
+            "0.0.0.0",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+            "/srv",
+        ])
+        .unwrap();
+        let mut want = both(69);
+        want.extend(one("127.0.0.1:0"));
+        want.extend(one("127.0.0.1:0"));
+        assert_eq!(args.listen_addrs(), want);
     }
 
     #[test]

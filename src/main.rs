@@ -21,8 +21,8 @@ use uftpd::shard::{self, Control, Shard, ShardSetup};
 use uftpd::stats::server::{self as stats_server, StatsConfig};
 use uftpd::stats::view::History;
 use uftpd::stats::{ShardCounters, Snapshot};
-use uftpd::sys::net;
 use uftpd::sys::process::{self, EventFd, SignalSet};
+use uftpd::sys::{activation, net};
 
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -62,6 +62,27 @@ fn main() -> ExitCode {
     if let Some(map) = &args.map_test {
         return map_test(&args, map);
     }
+    if let Some(dir) = &args.generate_man {
+        return generate_man(dir);
+    }
+    if let Some(shell) = args.generate_completions {
+        let script = config::manual::completions(shell);
+        return match std::io::stdout().lock().write_all(&script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                uftpd::log_error!("--generate-completions: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Before any thread exists (it clears LISTEN_FDS from the environment).
+    let passed = match take_passed_sockets(&args) {
+        Ok(passed) => passed,
+        Err(line) => {
+            uftpd::log_error!("{line}");
+            return ExitCode::from(2);
+        }
+    };
     // Configuration errors exit 2, as a bad flag does.
     let names = match name_map(&args) {
         Ok(names) => names,
@@ -102,7 +123,7 @@ fn main() -> ExitCode {
         }
     };
     uftpd::log::set_global(logger.clone());
-    let code = match run(args, names, user, &logger, &signals) {
+    let code = match run(args, passed, names, user, &logger, &signals) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             uftpd::log_error!("{message}");
@@ -117,6 +138,7 @@ fn main() -> ExitCode {
 
 fn run(
     args: Args,
+    passed: Vec<(OwnedFd, SocketAddr)>,
     names: Option<Arc<NameMap>>,
     user: Option<process::User>,
     logger: &Logger,
@@ -142,7 +164,12 @@ fn run(
     // No probe ring here: one created and dropped now would still hold its
     // locked memory (freed asynchronously) when the shards build theirs.
     // A shard that cannot build its ring says why, in one line.
-    let sockets = bind_all(&args.listen_addrs(), shards, args.takeover)?;
+    let activated = !passed.is_empty();
+    let sockets = if activated {
+        adopt_all(passed, shards)?
+    } else {
+        bind_all(&args.listen_addrs(), shards, args.takeover)?
+    };
     let services = sockets.first().map_or(0, |s| s.len());
     let per_shard_sessions = sessions_per_shard(&args, shards)?;
     let plan = shard::plan(shards, per_shard_sessions, services)?;
@@ -200,6 +227,7 @@ fn run(
             names: names.clone(),
             permissive: args.permissive,
             gso: !args.no_gso,
+            port_range: args.port_range,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,
             logger: logger.clone(),
@@ -276,7 +304,11 @@ fn run(
         );
     }
     for addr in &bound {
-        uftpd::log_info!("listening on {addr}");
+        if activated {
+            uftpd::log_info!("listening on {addr} (socket from systemd)");
+        } else {
+            uftpd::log_info!("listening on {addr}");
+        }
     }
     if let Some(addr) = stats {
         uftpd::log_info!("stats on {addr} (uftpd-stat {addr}, http://{addr}/)");
@@ -375,6 +407,72 @@ fn bind_all(
     }
     if per_shard.first().is_none_or(|s| s.is_empty()) {
         return Err("no address to listen on".into());
+    }
+    Ok(per_shard)
+}
+
+/// The sockets systemd passed, if any; `Err` is a configuration error.
+fn take_passed_sockets(args: &Args) -> Result<Vec<(OwnedFd, SocketAddr)>, String> {
+    let passed = activation::take_passed()?;
+    if !passed.is_empty() && !args.listen.is_empty() {
+        return Err(format!(
+            "--listen and socket activation together: systemd passed {} socket(s) \
+             (LISTEN_FDS); set the addresses in the .socket unit and drop --listen",
+            passed.len()
+        ));
+    }
+    if !passed.is_empty() && args.takeover {
+        return Err(
+            "--takeover with socket activation: systemd keeps the sockets open \
+                    across restarts, so there is nothing to take over; drop --takeover"
+                .into(),
+        );
+    }
+    Ok(passed)
+}
+
+/// The passed sockets as service sockets: each serves the first shard,
+/// and every other shard binds a socket of its own to the same address
+/// (SO_REUSEPORT, so the kernel keeps spreading clients by their address
+/// and port, and a client's repeats reach the shard holding its session).
+/// When the kernel refuses that (the passed socket belongs to another
+/// user: SO_REUSEPORT groups need one owner), the other shards receive on
+/// duplicates of the passed socket instead, with a warning.
+fn adopt_all(
+    passed: Vec<(OwnedFd, SocketAddr)>,
+    shards: usize,
+) -> Result<Vec<Vec<(OwnedFd, SocketAddr)>>, String> {
+    let mut per_shard: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..shards).map(|_| Vec::new()).collect();
+    for (fd, addr) in passed {
+        activation::adopt(&fd, addr).map_err(|e| format!("socket from systemd {addr}: {e}"))?;
+        let mut shared = false;
+        for sockets in per_shard.iter_mut().skip(1) {
+            let own = if shared {
+                None
+            } else {
+                match net::service_socket(addr) {
+                    Ok(s) => Some(s),
+                    Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                        uftpd::log_warn!(
+                            "cannot open more sockets on {addr} beside the one from systemd \
+                             (it belongs to another user, or lacks ReusePort=yes): all shards \
+                             share it, and a client's repeated request may reach another shard"
+                        );
+                        shared = true;
+                        None
+                    }
+                    Err(e) => return Err(bind_error(addr, &e)),
+                }
+            };
+            let fd = match own {
+                Some(s) => s,
+                None => fd
+                    .try_clone()
+                    .map_err(|e| format!("socket from systemd {addr}: {e}"))?,
+            };
+            sockets.push((fd, addr));
+        }
+        per_shard[0].push((fd, addr));
     }
     Ok(per_shard)
 }
@@ -556,6 +654,18 @@ fn read_map_file(flag: &str, path: &Path) -> Result<Rules, Vec<String>> {
     })
 }
 
+/// `uftpd --generate-man DIR`: writes DIR/uftpd.8.
+fn generate_man(dir: &Path) -> ExitCode {
+    let path = dir.join(config::manual::MAN_FILE);
+    match config::manual::man_page().and_then(|page| std::fs::write(&path, page)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            uftpd::log_error!("--generate-man {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Longest test line `--map-test` reads: a name (at most 1020 bytes), a
 /// TAB, GET/PUT and an address, with room to spare.
 const MAP_TEST_LINE_BYTES_MAX: usize = 4096;
@@ -672,7 +782,8 @@ fn hpa_command_line(args: &[std::ffi::OsString]) -> Result<Vec<std::ffi::OsStrin
         return Err(
             "without -l/--listen tftpd-hpa serves the socket that inetd or systemd \
                     (tftp.socket) passes on standard input, which uftpd cannot take yet: \
-                    add -l, and stop tftp.socket"
+                    add -l and stop tftp.socket, or use uftpd.socket (README, Running \
+                    under systemd)"
                 .into(),
         );
     }

@@ -99,7 +99,8 @@ fn in_tftpd_refuses_what_uftpd_cannot_do_in_one_line() {
     let root = dir.path().to_str().unwrap();
     for (args, says) in [
         (vec!["-s", root], "without -l/--listen"),
-        (vec!["-l", "-R", "4096:8191", "-s", root], "--port-range"),
+        (vec!["-l", "-R", "8191:4096", "-s", root], "-R/--port-range"),
+        (vec!["-l", "-r", "mtu", "-s", root], "-r/--refuse"),
         (vec!["-l", "-a", "127.0.0.1:0", root], "add -s DIR"),
     ] {
         let out = Command::new(&link).args(&args).output().unwrap();

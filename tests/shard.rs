@@ -63,6 +63,7 @@ impl InProcess {
             names: None,
             permissive: args.permissive,
             gso: !args.no_gso,
+            port_range: args.port_range,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: 1000,
             logger: uftpd::log::Logger::off(),

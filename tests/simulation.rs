@@ -211,6 +211,7 @@ fn server_config() -> ServerConfig {
             blksize_max: 65464,
             windowsize_max: 64,
             upload_bytes_max: 1 << 40,
+            refused: uftpd::proto::options::Refused::NONE,
         },
         timer: TimerConfig {
             retransmit_ms: 1000,

@@ -275,6 +275,7 @@ fuzz_target!(|input: Input| {
                 blksize_max: 1468,
                 windowsize_max: 8,
                 upload_bytes_max: 1 << 20,
+                refused: uftpd::proto::options::Refused::NONE,
             },
             timer: TimerConfig {
                 retransmit_ms: 1000,

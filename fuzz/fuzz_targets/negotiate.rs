@@ -172,6 +172,7 @@ fuzz_target!(|input: Input| {
         blksize_max: input.blksize_max.max(BLKSIZE_MIN),
         windowsize_max: input.windowsize_max.max(1),
         upload_bytes_max: input.upload_bytes_max,
+        refused: uftpd::proto::options::Refused::NONE,
     };
     let kind = if input.write {
         RequestKind::Write

@@ -606,6 +606,7 @@ fuzz_target!(|input: Input| {
             blksize_max: s.blksize_max.max(wire::BLKSIZE_MIN),
             windowsize_max: s.windowsize_max.max(1),
             upload_bytes_max: s.upload_bytes_max,
+            refused: uftpd::proto::options::Refused::NONE,
         },
         timer: TimerConfig {
             retransmit_ms: 1 + u64::from(s.retransmit_ms % 5000),

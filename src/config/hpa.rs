@@ -101,8 +101,25 @@ struct Seen {
     retransmit: Option<OsString>,
     map_file: Option<OsString>,
     pidfile: Option<OsString>,
+    /// `--refuse` values for uftpd, from `-r` (validated).
+    refuse: Vec<&'static str>,
+    port_range: Option<OsString>,
     dirs: Vec<OsString>,
 }
+
+/// What `-r NAME` means here: the options uftpd negotiates become
+/// `--refuse NAME`; those of tftpd-hpa that uftpd never negotiates need
+/// nothing (`None`). Names are matched without case, as tftpd-hpa does.
+const REFUSABLE: &[(&str, Option<&str>)] = &[
+    ("blksize", Some("blksize")),
+    ("tsize", Some("tsize")),
+    ("timeout", Some("timeout")),
+    // Not in tftpd-hpa 5.2, but uftpd negotiates it.
+    ("windowsize", Some("windowsize")),
+    ("blksize2", None),
+    ("utimeout", None),
+    ("rollover", None),
+];
 
 /// Translates tftpd-hpa's arguments (without the program name).
 pub fn translate(args: &[OsString]) -> Result<Hpa, String> {
@@ -226,18 +243,27 @@ fn apply(seen: &mut Seen, flag: Flag, value: Option<OsString>) -> Result<(), Str
                 .map_err(|_| format!("-t/--timeout {v}: not a number of seconds"))?;
         }
         Flag::Refuse => {
-            return Err(format!(
-                "-r/--refuse {}: uftpd cannot refuse single options yet; its limits are \
-                 --blksize-max and --windowsize-max",
-                text().unwrap_or_default()
-            ));
+            let v = text().unwrap_or_default();
+            let (_, native) = REFUSABLE
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(v.trim()))
+                .ok_or_else(|| {
+                    format!(
+                        "-r/--refuse {v}: not an option tftpd-hpa or uftpd negotiates \
+                         (blksize, tsize, timeout, windowsize, blksize2, utimeout, rollover)"
+                    )
+                })?;
+            // uftpd never negotiates the others, so refusing them is a no-op.
+            if let Some(native) = native
+                && !seen.refuse.contains(native)
+            {
+                seen.refuse.push(native);
+            }
         }
         Flag::PortRange => {
-            return Err(format!(
-                "-R/--port-range {}: uftpd takes transfer ports from the kernel's ephemeral \
-                 range and has no --port-range yet (set net.ipv4.ip_local_port_range)",
-                text().unwrap_or_default()
-            ));
+            let v = text().unwrap_or_default();
+            crate::sys::net::PortRange::parse(&v).map_err(|e| format!("-R/--port-range {e}"))?;
+            seen.port_range = value;
         }
     }
     Ok(())
@@ -297,6 +323,10 @@ fn native(seen: Seen) -> Result<Hpa, String> {
     pass("--umask", seen.umask);
     pass("--map-file", seen.map_file);
     pass("--pidfile", seen.pidfile);
+    pass("--port-range", seen.port_range);
+    for option in &seen.refuse {
+        pass("--refuse", Some((*option).into()));
+    }
     if let Some(us) = seen.retransmit {
         pass(
             "--retransmit-ms",
@@ -333,7 +363,13 @@ fn retransmit_ms(us: &str) -> Result<String, String> {
 /// address without a port (69), `localhost`. No address: both families,
 /// as tftpd-hpa opens both, unless -4 or -6.
 pub fn listen_addrs(text: &str, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr>, String> {
-    let bad = |why: &str| format!("-a/--address {text}: {why}");
+    address_list(text, ipv4, ipv6).map_err(|why| format!("-a/--address {text}: {why}"))
+}
+
+/// [`listen_addrs`] without the flag's name in the message (native
+/// `--listen` shares it).
+pub fn address_list(text: &str, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr>, String> {
+    let bad = |why: &str| why.to_string();
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
@@ -388,7 +424,7 @@ fn show(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Args;
+    use crate::config::{Args, PortRange};
     use clap::Parser;
     use std::path::PathBuf;
 
@@ -413,7 +449,7 @@ mod tests {
         assert!(h.standalone);
         assert!(!h.default_user);
         assert_eq!(args.root, Some(PathBuf::from("/srv/tftp")));
-        assert_eq!(args.listen, addrs(&["0.0.0.0:69", "[::]:69"]));
+        assert_eq!(args.listen_addrs(), addrs(&["0.0.0.0:69", "[::]:69"]));
         assert_eq!(args.user.as_deref(), Some("tftp"));
         assert!(!args.create);
         assert!(!args.permissive);
@@ -427,7 +463,7 @@ mod tests {
         assert!(!h.standalone);
         assert!(h.default_user);
         assert_eq!(args.root, Some(PathBuf::from("/var/lib/tftpboot")));
-        assert_eq!(args.listen, addrs(&["0.0.0.0:69", "[::]:69"]));
+        assert_eq!(args.listen_addrs(), addrs(&["0.0.0.0:69", "[::]:69"]));
         assert_eq!(args.user, None);
     }
 
@@ -438,7 +474,7 @@ mod tests {
              -B 1468 -m /etc/map -v --verbosity 3 -s /srv",
         );
         assert!(h.standalone);
-        assert_eq!(args.listen, addrs(&["127.0.0.1:6969"]));
+        assert_eq!(args.listen_addrs(), addrs(&["127.0.0.1:6969"]));
         assert!(args.create && args.permissive);
         assert_eq!(args.user.as_deref(), Some("nobody"));
         assert_eq!(args.umask, Some(0o027));
@@ -449,16 +485,37 @@ mod tests {
         assert_eq!(args.verbose, 1);
         // Attached values, long forms with '=', abbreviations, -- and order.
         let (args, _) = parsed("-sc -utftp --addr=[::1]:1069 --retrans=1000000 -6 -- /srv");
-        assert_eq!(args.listen, addrs(&["[::1]:1069"]));
+        assert_eq!(args.listen_addrs(), addrs(&["[::1]:1069"]));
         assert_eq!(args.user.as_deref(), Some("tftp"));
         assert_eq!(args.retransmit_ms, 1000);
         assert!(args.create);
         let (args, _) = parsed("/srv -l --secure");
         assert_eq!(args.root, Some(PathBuf::from("/srv")));
         let (args, _) = parsed("-s -a 10.1.2.3 /srv");
-        assert_eq!(args.listen, addrs(&["10.1.2.3:69"]));
+        assert_eq!(args.listen_addrs(), addrs(&["10.1.2.3:69"]));
         let (args, _) = parsed("-s -6 -a :70 /srv");
-        assert_eq!(args.listen, addrs(&["[::]:70"]));
+        assert_eq!(args.listen_addrs(), addrs(&["[::]:70"]));
+    }
+
+    #[test]
+    fn refuse_and_port_range_are_translated() {
+        let (args, _) = parsed("-l -r tsize -r BLKSIZE --refuse=tsize -R 4096:32767 -s /srv");
+        assert_eq!(
+            args.port_range,
+            Some(PortRange {
+                lo: 4096,
+                hi: 32767
+            })
+        );
+        let r = args.refused();
+        assert!(r.tsize && r.blksize && !r.timeout && !r.windowsize);
+        // Options uftpd never negotiates need nothing.
+        let (args, h) = parsed("-l -r rollover -r utimeout -r blksize2 -s /srv");
+        assert_eq!(args.refused(), crate::proto::options::Refused::NONE);
+        assert!(!h.argv.iter().any(|a| a == "--refuse"));
+        let (args, _) = parsed("-l --port-range=69:69 -r timeout -r windowsize -s /srv");
+        assert_eq!(args.port_range, Some(PortRange { lo: 69, hi: 69 }));
+        assert!(args.refused().timeout && args.refused().windowsize);
     }
 
     #[test]
@@ -471,8 +528,9 @@ mod tests {
     #[test]
     fn unsupported_flags_are_refused_with_a_pointer() {
         for (line, says) in [
-            ("-l -r tsize -s /srv", "--blksize-max"),
-            ("-l -R 4096:32767 -s /srv", "ip_local_port_range"),
+            ("-l -r mtu -s /srv", "not an option"),
+            ("-l -R 4096 -s /srv", "-R/--port-range"),
+            ("-l -R 9:8 -s /srv", "LO <= HI"),
             ("-l /srv", "add -s DIR"),
             ("-l -s /a /b", "one root"),
             ("-l -s", "needs a directory"),

@@ -264,6 +264,7 @@ mod tests {
                 blksize_max: 512,
                 windowsize_max: 1,
                 upload_bytes_max: 1 << 20,
+                refused: crate::proto::options::Refused::NONE,
             },
             timer: TEST_TIMER,
             dally_ms: 10_000,

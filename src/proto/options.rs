@@ -22,6 +22,28 @@ pub struct NegotiationLimits {
     pub blksize_max: u16,
     pub windowsize_max: u16,
     pub upload_bytes_max: u64,
+    /// Options never negotiated (`--refuse`, tftpd-hpa's `-r`).
+    pub refused: Refused,
+}
+
+/// Options the operator will not negotiate: a refused option is read as
+/// an unknown one (left out of the OACK, no effect on the transfer), as
+/// tftpd-hpa's `-r` does. For clients that mishandle one of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refused {
+    pub blksize: bool,
+    pub tsize: bool,
+    pub timeout: bool,
+    pub windowsize: bool,
+}
+
+impl Refused {
+    pub const NONE: Refused = Refused {
+        blksize: false,
+        tsize: false,
+        timeout: false,
+        windowsize: false,
+    };
 }
 
 /// The parameters a transfer runs with, and the OACK that announces them.
@@ -73,9 +95,11 @@ pub fn negotiate(
 ) -> Result<Negotiated, Refusal> {
     debug_assert!(limits.blksize_max >= BLKSIZE_MIN && limits.windowsize_max >= 1);
     let mut out = Negotiated::DEFAULT;
+    let refused = limits.refused;
     for (name, value) in OptionIter::new(request.options).take(OPTIONS_PARSED_MAX) {
         let number = parse_decimal(value);
-        if name.eq_ignore_ascii_case(b"blksize") && out.oack.blksize.is_none() {
+        let is = |option: &[u8], off: bool| !off && name.eq_ignore_ascii_case(option);
+        if is(b"blksize", refused.blksize) && out.oack.blksize.is_none() {
             // Text is ignored (as tftpd-hpa does); a number below 8 is refused.
             let Some(v) = number else { continue };
             if v < u64::from(BLKSIZE_MIN) {
@@ -90,13 +114,13 @@ pub fn negotiate(
                 .min(u64::from(limits.blksize_max)) as u16;
             out.blksize = v;
             out.oack.blksize = Some(v);
-        } else if name.eq_ignore_ascii_case(b"timeout") && out.oack.timeout_s.is_none() {
+        } else if is(b"timeout", refused.timeout) && out.oack.timeout_s.is_none() {
             // Must be echoed unchanged, so out-of-range values are ignored.
             if let Some(v @ 1..=255) = number {
                 out.timeout_s = Some(v as u8);
                 out.oack.timeout_s = Some(v as u8);
             }
-        } else if name.eq_ignore_ascii_case(b"tsize") && out.oack.tsize_bytes.is_none() {
+        } else if is(b"tsize", refused.tsize) && out.oack.tsize_bytes.is_none() {
             let Some(v) = number else { continue };
             match request.kind {
                 RequestKind::Read => out.oack.tsize_bytes = read_size_bytes,
@@ -109,7 +133,7 @@ pub fn negotiate(
                 }
                 RequestKind::Write => out.oack.tsize_bytes = Some(v),
             }
-        } else if name.eq_ignore_ascii_case(b"windowsize")
+        } else if is(b"windowsize", refused.windowsize)
             && out.oack.windowsize.is_none()
             && let Some(v @ 1..=65535) = number
         {
@@ -132,6 +156,7 @@ mod tests {
         blksize_max: BLKSIZE_MAX,
         windowsize_max: 64,
         upload_bytes_max: 1 << 30,
+        refused: Refused::NONE,
     };
 
     fn req(kind: RequestKind, options: &[u8]) -> Request<'_> {
@@ -248,6 +273,79 @@ mod tests {
             &wide,
         );
         assert_eq!(n.unwrap().windowsize, WINDOWSIZE_MAX);
+    }
+
+    /// A refused option is an unknown one: not echoed, no effect, and no
+    /// refusal of its own (a blksize below 8 or a tsize over the upload
+    /// limit is then not an error either); the others still negotiate.
+    #[test]
+    fn refused_options_are_never_negotiated() {
+        let all = b"blksize\x001432\x00tsize\x000\x00timeout\x003\x00windowsize\x008\x00";
+        let with = |refused: Refused, kind, opts: &[u8]| {
+            let limits = NegotiationLimits { refused, ..LIMITS };
+            negotiate(&req(kind, opts), Some(1000), &limits)
+        };
+        let n = with(
+            Refused {
+                tsize: true,
+                ..Refused::NONE
+            },
+            RequestKind::Read,
+            all,
+        )
+        .unwrap();
+        assert_eq!(n.oack.tsize_bytes, None);
+        assert_eq!((n.blksize, n.windowsize, n.timeout_s), (1432, 8, Some(3)));
+
+        let n = with(
+            Refused {
+                blksize: true,
+                windowsize: true,
+                ..Refused::NONE
+            },
+            RequestKind::Read,
+            all,
+        )
+        .unwrap();
+        assert_eq!((n.blksize, n.windowsize), (BLKSIZE_DEFAULT, 1));
+        assert_eq!((n.oack.blksize, n.oack.windowsize), (None, None));
+        assert_eq!((n.oack.tsize_bytes, n.timeout_s), (Some(1000), Some(3)));
+
+        let n = with(
+            Refused {
+                timeout: true,
+                ..Refused::NONE
+            },
+            RequestKind::Read,
+            all,
+        )
+        .unwrap();
+        assert_eq!((n.timeout_s, n.oack.timeout_s), (None, None));
+
+        let everything = Refused {
+            blksize: true,
+            tsize: true,
+            timeout: true,
+            windowsize: true,
+        };
+        assert_eq!(
+            with(everything, RequestKind::Read, all).unwrap(),
+            Negotiated::DEFAULT
+        );
+        // What would be refused is ignored instead, names in any case.
+        assert_eq!(
+            with(everything, RequestKind::Read, b"BLKSIZE\x007\x00").unwrap(),
+            Negotiated::DEFAULT
+        );
+        assert_eq!(
+            with(
+                everything,
+                RequestKind::Write,
+                b"tsize\x009999999999999\x00"
+            )
+            .unwrap(),
+            Negotiated::DEFAULT
+        );
     }
 
     #[test]

@@ -174,6 +174,12 @@ impl Refusal {
         "Remap table failure",
         Cause::Access,
     );
+    /// Every port of `--port-range` is taken by other transfers.
+    pub const PORT_RANGE_FULL: Refusal = Refusal::new(
+        ErrorCode::NotDefined,
+        "No free transfer port, try again",
+        Cause::Busy,
+    );
     pub const NO_TRANSFER_PORT: Refusal = Refusal::new(
         ErrorCode::NotDefined,
         "Cannot open a transfer port",

@@ -386,6 +386,7 @@ mod tests {
                 blksize_max: 1468,
                 windowsize_max: 8,
                 upload_bytes_max: 1 << 20,
+                refused: crate::proto::options::Refused::NONE,
             },
             timer: TEST_TIMER,
             dally_ms: 1000,

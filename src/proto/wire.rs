@@ -592,6 +592,7 @@ mod tests {
             blksize_max: BLKSIZE_MAX,
             windowsize_max: 64,
             upload_bytes_max: 1 << 30,
+            refused: crate::proto::options::Refused::NONE,
         };
         let (mut requests, mut with_options, mut pairs, mut granted) = (0u32, 0u32, 0u32, 0u32);
         let mut buf = Vec::with_capacity(128);

@@ -280,11 +280,13 @@ impl Shard {
                 return;
             }
         };
-        let socket = match net::transfer_socket(local) {
+        let socket = match net::transfer_socket(local, self.ctx.ports.as_mut()) {
             Ok(s) => s,
             Err(e) => {
                 let r = if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) {
                     Refusal::BUSY
+                } else if self.ctx.ports.is_some() && e.raw_os_error() == Some(libc::EADDRINUSE) {
+                    Refusal::PORT_RANGE_FULL
                 } else {
                     Refusal::NO_TRANSFER_PORT
                 };

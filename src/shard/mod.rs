@@ -45,6 +45,7 @@ use crate::proto::sessions::Sessions;
 use crate::proto::wire;
 use crate::remap::NameMap;
 use crate::stats::ShardCounters;
+use crate::sys::net::{PortPicker, PortRange};
 use crate::sys::process::EventFd;
 use crate::uring::{Completion, Group, Op, Owner, RingSizes, Uring};
 
@@ -73,6 +74,8 @@ pub struct ShardSetup {
     pub permissive: bool,
     /// Send windows as UDP GSO batches (`--no-gso` turns it off).
     pub gso: bool,
+    /// Ports transfer sockets bind (`--port-range`); `None`: the kernel's.
+    pub port_range: Option<PortRange>,
     pub netascii_bytes_max: u64,
     pub grace_ms: u64,
     /// Where transfer, refusal and request records go (never waited for).
@@ -198,6 +201,8 @@ struct Context {
     names: Option<Arc<NameMap>>,
     permissive: bool,
     gso: bool,
+    /// Where the next transfer socket's port comes from (`--port-range`).
+    ports: Option<PortPicker>,
     netascii_bytes_max: u64,
     grace_ms: u64,
     logger: Logger,
@@ -247,6 +252,18 @@ fn new_ring_retrying(sizes: RingSizes, owners: u32) -> Result<Uring, StartError>
     }
 }
 
+/// A seed for a shard's [`PortPicker`]: from the kernel's pool, or, if
+/// that fails, from the clock and the shard's index (ports then are only
+/// less unpredictable, never wrong).
+fn port_seed(index: usize) -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ (index as u64).rotate_left(32)
+    })
+}
+
 impl Shard {
     /// Builds the ring and installs the sockets, on the calling (shard) thread.
     pub fn new(setup: ShardSetup) -> Result<Shard, StartError> {
@@ -283,6 +300,9 @@ impl Shard {
                 names: setup.names.filter(|n| !n.is_identity()),
                 permissive: setup.permissive,
                 gso: setup.gso,
+                ports: setup
+                    .port_range
+                    .map(|range| PortPicker::new(range, port_seed(setup.index))),
                 netascii_bytes_max: setup.netascii_bytes_max,
                 grace_ms: setup.grace_ms,
                 logger: setup.logger,

@@ -5,8 +5,10 @@
 //! - [`net`]: sockets, socket options, ICMP error queues, sockaddr and
 //!   control-message codecs.
 //! - [`fs`]: `openat2` beneath a directory, linking and renaming, file maps.
+//! - [`activation`]: the sockets systemd passes (`LISTEN_FDS`).
 //! - [`process`]: resource limits, capabilities, signals, the wake eventfd.
 
+pub mod activation;
 pub mod fs;
 pub mod net;
 pub mod process;

@@ -32,16 +32,30 @@ fn set_int_opt(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::Resu
 /// SO_REUSEPORT group so the kernel spreads clients across shards.
 pub fn service_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
-        set_int_opt(&socket, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
-    } else {
-        set_int_opt(&socket, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
     }
-    let _ = socket.set_recv_buffer_size(RECV_BUFFER_BYTES);
+    prepare_service(&socket, addr)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// The options every service socket has, bound yet or not (a socket
+/// systemd passed is bound already): SO_REUSEPORT, packet info (the
+/// address each request came to), a large receive buffer (best effort).
+pub fn prepare_service(
+    fd: &(impl AsRawFd + std::os::fd::AsFd),
+    addr: SocketAddr,
+) -> io::Result<()> {
+    let socket = socket2::SockRef::from(fd);
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1)?;
+    } else {
+        set_int_opt(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+    }
+    let _ = socket.set_recv_buffer_size(RECV_BUFFER_BYTES);
+    Ok(())
 }
 
 /// Fails with EADDRINUSE if another program holds `addr` (a SO_REUSEPORT
@@ -65,10 +79,89 @@ pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))
 }
 
+/// Ports transfer sockets may bind (`--port-range LO:HI`, for firewalls
+/// that open a fixed range); without one the kernel picks an ephemeral port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// `LO:HI`, both from 1 to 65535, LO at most HI (`4096:32767`, `5000:5000`).
+    pub fn parse(text: &str) -> Result<PortRange, String> {
+        let bad = || format!("{text:?} is not a port range LO:HI (1 to 65535, LO <= HI)");
+        let (lo, hi) = text.trim().split_once(':').ok_or_else(bad)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if lo == 0 || lo > hi {
+            return Err(bad());
+        }
+        Ok(PortRange { lo, hi })
+    }
+
+    /// Ports in the range (at least 1).
+    pub fn len(self) -> u32 {
+        u32::from(self.hi) - u32::from(self.lo) + 1
+    }
+
+    /// Never true; for clippy's `len_without_is_empty`.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// Every port of the range exactly once, from the one at `start`
+    /// (taken modulo the length) upwards, wrapping to LO.
+    pub fn ports_from(self, start: u32) -> impl Iterator<Item = u16> {
+        let len = self.len();
+        (0..len).map(move |i| {
+            let offset = (start % len + i) % len;
+            // lo + offset <= hi, so it fits.
+            (u32::from(self.lo) + offset) as u16
+        })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.lo, self.hi)
+    }
+}
+
+/// Where a shard starts looking for a free port of the range for its next
+/// transfer: a random place each time (transfer ports must not be
+/// guessable, RFC 6056), from a generator seeded once per shard.
+#[derive(Clone, Debug)]
+pub struct PortPicker {
+    pub range: PortRange,
+    state: u64,
+}
+
+impl PortPicker {
+    pub fn new(range: PortRange, seed: u64) -> PortPicker {
+        // xorshift64* must not start at 0.
+        PortPicker {
+            range,
+            state: seed | 1,
+        }
+    }
+
+    fn next_start(&mut self) -> u32 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
+    }
+}
+
 /// A transfer's own socket (its TID), bound to the local address the
 /// request came to, so every reply leaves from that address. Not
 /// connected: a packet from another port must reach us to get ERROR 5.
-pub fn transfer_socket(local: SocketAddr) -> io::Result<OwnedFd> {
+/// With a port range, each of its ports is tried at most once; when none
+/// is free the error is EADDRINUSE.
+pub fn transfer_socket(local: SocketAddr, ports: Option<&mut PortPicker>) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
     if local.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -91,9 +184,22 @@ pub fn transfer_socket(local: SocketAddr) -> io::Result<OwnedFd> {
     };
     let _ = socket.set_recv_buffer_size(RECV_BUFFER_BYTES / 4);
     let mut bind_to = local;
-    bind_to.set_port(0);
-    socket.bind(&bind_to.into())?;
-    Ok(socket.into())
+    let Some(picker) = ports else {
+        bind_to.set_port(0);
+        socket.bind(&bind_to.into())?;
+        return Ok(socket.into());
+    };
+    let start = picker.next_start();
+    // Bounded by the range's length; a failed bind leaves the socket unbound.
+    for port in picker.range.ports_from(start) {
+        bind_to.set_port(port);
+        match socket.bind(&bind_to.into()) {
+            Ok(()) => return Ok(socket.into()),
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EADDRINUSE))
 }
 
 /// Largest send buffer asked for a transfer socket; the kernel clamps it to
@@ -329,6 +435,50 @@ pub fn write_gso(segment_bytes: u16, out: &mut [u8; PKTINFO_CONTROL_BYTES]) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(
+            PortRange::parse("4096:32767"),
+            Ok(PortRange {
+                lo: 4096,
+                hi: 32767
+            })
+        );
+        assert_eq!(PortRange::parse("69:69").map(PortRange::len), Ok(1));
+        for bad in ["", "1", "0:10", "10:9", "1:65536", "a:b", "1-2", ":5"] {
+            assert!(PortRange::parse(bad).is_err(), "{bad}");
+        }
+        let r = PortRange { lo: 10, hi: 14 };
+        assert_eq!(r.ports_from(2).collect::<Vec<_>>(), [12, 13, 14, 10, 11]);
+        assert_eq!(r.ports_from(7).collect::<Vec<_>>(), [12, 13, 14, 10, 11]);
+        let full = PortRange { lo: 1, hi: 65535 };
+        let mut seen = vec![false; 65536];
+        for p in full.ports_from(u32::MAX) {
+            assert!(!std::mem::replace(&mut seen[usize::from(p)], true));
+        }
+        assert_eq!(seen.iter().filter(|s| **s).count(), 65535);
+        let mut picker = PortPicker::new(r, 0);
+        let starts: std::collections::BTreeSet<u32> =
+            (0..100).map(|_| picker.next_start() % r.len()).collect();
+        assert_eq!(starts.len(), 5, "starts spread over the range");
+    }
+
+    /// Each port of a range is tried once; a range whose ports are all
+    /// taken is EADDRINUSE, not a loop.
+    #[test]
+    fn transfer_sockets_bind_inside_the_range() {
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let first = transfer_socket(local, None).unwrap();
+        let port = local_addr(&first).unwrap().port();
+        let range = PortRange { lo: port, hi: port };
+        let mut picker = PortPicker::new(range, 7);
+        let e = transfer_socket(local, Some(&mut picker)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE));
+        drop(first);
+        let again = transfer_socket(local, Some(&mut picker)).unwrap();
+        assert_eq!(local_addr(&again).unwrap().port(), port);
+    }
 
     #[test]
     fn sockaddr_round_trip() {

@@ -215,7 +215,7 @@ impl Worker {
         let owner = Owner::new(index);
         let local = self.locals[self.next_local % self.locals.len()];
         self.next_local = self.next_local.wrapping_add(1);
-        let fd = uftpd::sys::net::transfer_socket(local)?;
+        let fd = uftpd::sys::net::transfer_socket(local, None)?;
         self.io.install(owner, fd)?;
         if let Some(content) = &self.shared.plan.files[transfer.file].content
             && self.shared.plan.write
