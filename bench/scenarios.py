@@ -447,7 +447,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default="S1,S2,S3,S3w,S4,S5")
     ap.add_argument("--servers", default="uftpd,tftpd-hpa,atftpd,dnsmasq",
-                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-pinned (--pin), uftpd-c1-pinned, uftpd-nogso (--no-gso), uftpd-smallrings (64 KiB memlock: reduced rings), "
+                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-pinned (--pin), uftpd-c1-pinned, uftpd-nogso (--no-gso), uftpd-smallrings (reduced rings: 192 KiB memlock, no CAP_IPC_LOCK), "
                          "sol (speed-of-light responder, S1/S5 only), tftpd-hpa, atftpd, dnsmasq")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="uftpd-load --threads")
@@ -477,8 +477,11 @@ def main():
         "uftpd-c1": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1"]),
         "uftpd-pinned": dict(kind="uftpd", bin=uftpd, extra=["--pin"]),
         "uftpd-nogso": dict(kind="uftpd", bin=uftpd, extra=["--no-gso"]),
-        # Under a 64 KiB RLIMIT_MEMLOCK the shards fall back to reduced rings.
-        "uftpd-smallrings": dict(kind="uftpd", bin=uftpd, extra=[], prefix=["prlimit", "--memlock=65536"]),
+        # Reduced rings: under a 192 KiB RLIMIT_MEMLOCK and without
+        # CAP_IPC_LOCK (which root has, and which exempts it) the shards fall
+        # back to reduced rings (64 SQ entries, 128 send slots).
+        "uftpd-smallrings": dict(kind="uftpd", bin=uftpd, extra=[],
+                                 prefix=["setpriv", "--bounding-set", "-ipc_lock", "prlimit", "--memlock=196608"]),
         "uftpd-c1-pinned": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1", "--pin"]),
         "sol": dict(kind="sol", bin=os.path.join(release, "uftpd-sol")),
         "tftpd-hpa": dict(kind="tftpd-hpa"),
