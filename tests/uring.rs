@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uftpd::uring::bufring::BufRing;
-use uftpd::uring::{Completion, Group, Op, Owner, Payload, RingSizes, SendError, Uring};
+use uftpd::uring::{Completion, Group, Op, Owner, Payload, RingSizes, SendError, Unsent, Uring};
 
 /// Tiny everything: a 4-entry SQ fills after four pushes.
 const TINY: RingSizes = RingSizes {
@@ -269,6 +269,38 @@ fn data_sends_keep_a_reserve_for_control_packets_and_a_cap_per_owner() {
         Some(4)
     })
     .expect("control packets have a reserve");
+}
+
+#[test]
+fn a_window_is_split_into_sends_and_what_does_not_fit_is_handed_back() {
+    let mut ring = Uring::new(TINY, 2).unwrap();
+    let (fd, _, peer) = udp_pair();
+    let peer_addr = peer.local_addr().unwrap();
+    let owner = Owner::new(0);
+    ring.install(owner, fd).unwrap();
+    ring.attach_payload(owner, Arc::new(Bytes(vec![1; 10_000])) as Arc<dyn Payload>);
+    // Blocks 1-10, three per send: the owner's cap of two sends takes 1-3
+    // and 4-6; 7-10 come back, to be sent when slots free up.
+    assert_eq!(
+        ring.send_window(owner, peer_addr, 512, 1, 10, 3, false),
+        Err(Unsent {
+            first: 7,
+            count: 4,
+            error: SendError::NoSlot
+        })
+    );
+    assert_eq!(ring.owner_sends(owner), 2);
+    // No payload: nothing is queued and the whole window comes back.
+    let (fd, _, _) = udp_pair();
+    ring.install(Owner::new(1), fd).unwrap();
+    assert_eq!(
+        ring.send_window(Owner::new(1), peer_addr, 512, 5, 2, 3, false),
+        Err(Unsent {
+            first: 5,
+            count: 2,
+            error: SendError::NoFile
+        })
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use crate::proto::sessions::SessionId;
 use crate::proto::transfer::{Outcome, Transmit};
 use crate::proto::wire::{self, ErrorCode, Packet};
 use crate::sys::net;
-use crate::uring::{self, Buffer, Owner, SendDone, SendError};
+use crate::uring::{self, Buffer, Owner, SendDone, SendError, Unsent};
 
 use super::admit::disk_refusal;
 use super::slot::{COMMIT_DIR, COMMIT_FILE, Store};
@@ -316,7 +316,7 @@ impl Shard {
             Transmit::Data { first, count } => {
                 let blksize = entry.session.negotiated().blksize;
                 let per_send = if entry.io.gso {
-                    uring::gso_segments(blksize) as u64
+                    uring::gso_segments(blksize) as u16
                 } else {
                     1
                 };
@@ -329,26 +329,19 @@ impl Shard {
                 if in_worker {
                     ctx.counters.sends_in_worker.inc();
                 }
-                let end = first + u64::from(count);
-                let mut at = first;
-                while at < end {
-                    let n = (end - at).min(per_send) as u16;
-                    match io.send_data(owner, peer, blksize, at, n, in_worker) {
-                        Ok(()) => at += u64::from(n),
-                        Err(SendError::NoSlot) => {
-                            return Err(Transmit::Data {
-                                first: at,
-                                count: (end - at) as u16,
-                            });
-                        }
-                        // Cannot happen for a live RRQ; the timer resends.
-                        Err(SendError::Encode | SendError::NoFile) => {
-                            ctx.counters.send_errors.inc();
-                            break;
-                        }
+                match io.send_window(owner, peer, blksize, first, count, per_send, in_worker) {
+                    Ok(()) => Ok(()),
+                    Err(Unsent {
+                        first,
+                        count,
+                        error: SendError::NoSlot,
+                    }) => Err(Transmit::Data { first, count }),
+                    // Cannot happen for a live RRQ; the timer resends.
+                    Err(_) => {
+                        ctx.counters.send_errors.inc();
+                        Ok(())
                     }
                 }
-                Ok(())
             }
             control => {
                 match io.send_control(owner, peer, None, |buf| {

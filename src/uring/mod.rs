@@ -222,6 +222,14 @@ pub enum SendError {
     NoFile,
 }
 
+/// The part of a window [`Uring::send_window`] could not queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsent {
+    pub first: u64,
+    pub count: u16,
+    pub error: SendError,
+}
+
 /// What the ring saw, for the shard's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingStats {
@@ -770,6 +778,38 @@ impl Uring {
         if !self.push(owner, OpKind::Send, slot, sqe) {
             self.sends.untake(slot);
             return Err(SendError::NoSlot);
+        }
+        Ok(())
+    }
+
+    /// Queues the window `first .. first + count` as sends of at most
+    /// `per_send` blocks each (one GSO `sendmsg` apiece, see
+    /// [`Uring::send_data`]). `Err` names the blocks not queued, from the
+    /// first that failed, and why.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_window(
+        &mut self,
+        owner: Owner,
+        dest: SocketAddr,
+        blksize: u16,
+        first: u64,
+        count: u16,
+        per_send: u16,
+        in_worker: bool,
+    ) -> Result<(), Unsent> {
+        let end = first + u64::from(count);
+        let per_send = u64::from(per_send.max(1));
+        let mut at = first;
+        while at < end {
+            let n = (end - at).min(per_send) as u16;
+            if let Err(error) = self.send_data(owner, dest, blksize, at, n, in_worker) {
+                return Err(Unsent {
+                    first: at,
+                    count: (end - at) as u16,
+                    error,
+                });
+            }
+            at += u64::from(n);
         }
         Ok(())
     }

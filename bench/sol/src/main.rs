@@ -21,7 +21,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use uftpd::cache::FileCache;
 use uftpd::proto::options::parse_decimal;
 use uftpd::proto::wire::{self, OptionIter, OptionValues, Packet, RequestKind};
-use uftpd::uring::{self, Group, Op, Owner, RingSizes, SendError, Uring};
+use uftpd::uring::{self, Group, Op, Owner, RingSizes, Uring};
 
 const OWNER: Owner = Owner::new(0);
 /// Transfers tracked at once; more are refused by being ignored.
@@ -200,16 +200,10 @@ fn send(io: &mut Uring, to: SocketAddr, reply: Reply) {
             first,
             count,
         } => {
-            let per_send = uring::gso_segments(blksize) as u64;
-            let mut at = first;
-            while at < first + count {
-                let n = (first + count - at).min(per_send);
-                match io.send_data(OWNER, to, blksize, at, n as u16, false) {
-                    Ok(()) => at += n,
-                    // Lost, as far as the client knows: it resends its ACK.
-                    Err(SendError::NoSlot | SendError::Encode | SendError::NoFile) => break,
-                }
-            }
+            let per_send = uring::gso_segments(blksize) as u16;
+            // What does not fit is lost, as far as the client knows: it
+            // resends its ACK.
+            let _ = io.send_window(OWNER, to, blksize, first, count as u16, per_send, false);
         }
     }
 }

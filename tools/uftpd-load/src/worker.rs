@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use uftpd::proto::refusal::{Cause, Refusal};
 use uftpd::proto::transfer::Transmit;
 use uftpd::proto::wire::ErrorCode;
-use uftpd::uring::{self, Completion, Group, Op, Owner, RingSizes, SendError, Uring};
+use uftpd::uring::{self, Completion, Group, Op, Owner, RingSizes, SendError, Unsent, Uring};
 
 use crate::plan::Shared;
 use crate::stats::Stats;
@@ -479,24 +479,17 @@ fn send(io: &mut Uring, owner: Owner, t: &Transfer, transmit: Transmit) -> Resul
     match transmit {
         Transmit::Data { first, count } => {
             let blksize = t.session.blksize();
-            let per_send = uring::gso_segments(blksize) as u64;
-            let end = first + u64::from(count);
-            let mut at = first;
-            while at < end {
-                let n = (end - at).min(per_send) as u16;
-                match io.send_data(owner, dest, blksize, at, n, false) {
-                    Ok(()) => at += u64::from(n),
-                    Err(SendError::NoSlot) => {
-                        return Err(Transmit::Data {
-                            first: at,
-                            count: (end - at) as u16,
-                        });
-                    }
-                    // The timer resends.
-                    Err(SendError::Encode | SendError::NoFile) => break,
-                }
+            let per_send = uring::gso_segments(blksize) as u16;
+            match io.send_window(owner, dest, blksize, first, count, per_send, false) {
+                Ok(()) => Ok(()),
+                Err(Unsent {
+                    first,
+                    count,
+                    error: SendError::NoSlot,
+                }) => Err(Transmit::Data { first, count }),
+                // The timer resends.
+                Err(_) => Ok(()),
             }
-            Ok(())
         }
         control => match io.send_control(owner, dest, None, |buf| {
             t.session.encode_control(control, buf)
