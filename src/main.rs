@@ -16,7 +16,7 @@ use clap::Parser;
 use uftpd::cache::{FileCache, Root, UploadLocks};
 use uftpd::config::{self, Args, hpa, sizes};
 use uftpd::log::{Logger, Style, sink};
-use uftpd::remap::{self, NameMap, Rules};
+use uftpd::remap::{self, NameMap, Rules, SharedNames};
 use uftpd::shard::{self, Control, Shard, ShardSetup};
 use uftpd::stats::server::{self as stats_server, StatsConfig};
 use uftpd::stats::view::History;
@@ -147,6 +147,7 @@ fn run(
     if let Some(mask) = args.umask {
         process::set_umask(mask);
     }
+    let shared_names = Arc::new(SharedNames::new(names.clone()));
     // clap requires ROOT unless --map-test, which never gets here.
     let root_path = args
         .root
@@ -224,7 +225,7 @@ fn run(
             endpoint: args.endpoint_config(shards, plan.sessions_per_shard),
             upload: upload.clone(),
             upload_locks: Arc::clone(&upload_locks),
-            names: names.clone(),
+            names: Arc::clone(&shared_names),
             permissive: args.permissive,
             gso: !args.no_gso,
             port_range: args.port_range,
@@ -347,9 +348,7 @@ fn run(
                 control.drain();
                 wake_shards(&wakes);
             }
-            Some(libc::SIGHUP) => {
-                uftpd::log_info!("SIGHUP: nothing to reload (settings are read at start)");
-            }
+            Some(libc::SIGHUP) => reload_names(&args, &shared_names),
             Some(libc::SIGUSR1) => print_totals(&all_counters),
             Some(other) => uftpd::log_info!("signal {other} ignored"),
             None => {}
@@ -610,6 +609,34 @@ fn hostname() -> String {
 
 /// The name map the flags ask for, or `None` for none; `Err` holds the
 /// lines to print (one per problem in the map file).
+/// SIGHUP: re-reads `--map-file` and puts its rules in force for the next
+/// requests; a file that no longer parses leaves the old rules in force.
+/// Every other setting is read at start only.
+fn reload_names(args: &Args, shared: &SharedNames) {
+    let Some(path) = &args.map_file else {
+        uftpd::log_info!("SIGHUP: no --map-file to re-read (other settings are read at start)");
+        return;
+    };
+    match name_map(args) {
+        Ok(names) => {
+            let rules = names
+                .as_ref()
+                .and_then(|n| n.rules.as_ref())
+                .map_or(0, |r| r.len());
+            shared.replace(names);
+            uftpd::log_info!(
+                "SIGHUP: remapping names with {rules} rules from {}",
+                path.display()
+            );
+        }
+        Err(problems) => {
+            for line in problems {
+                uftpd::log_warn!("SIGHUP: {line}; the rules in force stay");
+            }
+        }
+    }
+}
+
 fn name_map(args: &Args) -> Result<Option<Arc<NameMap>>, Vec<String>> {
     let rules = match &args.map_file {
         Some(path) => Some(read_map_file("--map-file", path)?),

@@ -679,8 +679,8 @@ fn ends_with_utf8_char(bytes: &[u8]) -> bool {
 /// trailing garbage stripped (`--strip-trailing-garbage`), then ASCII lower
 /// case (`--lowercase`), then the map file's rules (`--map-file`). The
 /// clean-ups come first so that rules see a name the ROM meant, and may
-/// still produce capitals on purpose. Built once at start and shared by
-/// the shards read-only.
+/// still produce capitals on purpose. Built at start (and again on
+/// SIGHUP) and shared by the shards read-only, through [`SharedNames`].
 #[derive(Debug, Default)]
 pub struct NameMap {
     pub strip_trailing_garbage: bool,
@@ -3147,5 +3147,69 @@ mod tests {
             map.test_line(b"A\tBOGUS\n"),
             b"INVALID: BOGUS is neither GET, PUT nor an IP address\n"
         );
+    }
+}
+
+/// The name map in force, replaceable while the server runs (SIGHUP
+/// re-reads `--map-file`). A shard checks the generation, one atomic load,
+/// per request and takes the lock only when it moved, so a reload never
+/// touches the packet path otherwise; a request already being admitted
+/// keeps the map it started with.
+#[derive(Debug, Default)]
+pub struct SharedNames {
+    generation: std::sync::atomic::AtomicU64,
+    current: std::sync::Mutex<Option<std::sync::Arc<NameMap>>>,
+}
+
+impl SharedNames {
+    pub fn new(names: Option<std::sync::Arc<NameMap>>) -> SharedNames {
+        SharedNames {
+            generation: Default::default(),
+            current: std::sync::Mutex::new(names.filter(|n| !n.is_identity())),
+        }
+    }
+
+    /// Puts `names` in force for every request from now on.
+    pub fn replace(&self, names: Option<std::sync::Arc<NameMap>>) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        *current = names.filter(|n| !n.is_identity());
+        // Bumped under the lock: a reader that sees the new generation and
+        // then takes the lock finds the new map.
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The map in force and its generation.
+    pub fn current(&self) -> (u64, Option<std::sync::Arc<NameMap>>) {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        (self.generation(), current.clone())
+    }
+}
+
+#[cfg(test)]
+mod shared_names_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_replacement_moves_the_generation_and_identity_maps_are_dropped() {
+        let shared = SharedNames::new(Some(Arc::new(NameMap::default())));
+        assert_eq!(
+            shared.current().1.map(|_| ()),
+            None,
+            "identity: nothing to apply"
+        );
+        let g = shared.generation();
+        shared.replace(Some(Arc::new(NameMap {
+            lowercase: true,
+            ..NameMap::default()
+        })));
+        let (g2, names) = shared.current();
+        assert_eq!(g2, g + 1);
+        assert!(names.is_some_and(|n| n.lowercase));
     }
 }

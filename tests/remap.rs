@@ -64,6 +64,54 @@ fn map_file_rewrites_winpe_backslash_names() {
 }
 
 #[test]
+fn sighup_rereads_the_map_file_and_a_broken_one_keeps_the_old_rules() {
+    if skip_on_stand_in("uftpd's own SIGHUP") {
+        return;
+    }
+    let dir = TempDir::new("remap-hup");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let one = write_random_file(&root.join("one.bin"), 11, 1500);
+    let two = write_random_file(&root.join("two.bin"), 12, 1700);
+    let map = dir.join("boot.map");
+    std::fs::write(&map, "r ^boot$ one.bin\n").unwrap();
+    let server = Server::start(&root, &["--map-file", map.to_str().unwrap()]);
+    let get = |what: &str| {
+        raw_get(server.addr(), b"boot", "octet", &[])
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", server.log()))
+            .data
+    };
+    assert_same_bytes(&get("before"), &one, "the first rules");
+
+    std::fs::write(&map, "r ^boot$ two.bin\n").unwrap();
+    server.signal("-HUP");
+    // Bounded: the reload is logged once main has put the rules in force.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !server
+        .log()
+        .contains("SIGHUP: remapping names with 1 rules")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_same_bytes(&get("after the reload"), &two, "the re-read rules");
+
+    std::fs::write(&map, "r ^(boot$ one.bin\n").unwrap();
+    server.signal("-HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("the rules in force stay") && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        server.log().contains("the rules in force stay"),
+        "{}",
+        server.log()
+    );
+    assert_same_bytes(&get("after a broken file"), &two, "the rules kept");
+}
+
+#[test]
 fn map_file_e_rule_passes_and_a_rule_refuses() {
     if skip_on_stand_in("uftpd's own --map-file checks") {
         return;

@@ -60,7 +60,7 @@ impl InProcess {
             endpoint: args.endpoint_config(1, args.max_sessions as usize),
             upload: args.upload_policy().unwrap(),
             upload_locks: Default::default(),
-            names: None,
+            names: Default::default(),
             permissive: args.permissive,
             gso: !args.no_gso,
             port_range: args.port_range,

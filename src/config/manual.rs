@@ -62,7 +62,9 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &[
             "SIGINT and SIGTERM stop new requests at once and let running transfers \
              finish within --grace-ms; a second one ends them. SIGUSR1 logs the \
-             counters. SIGHUP and SIGUSR2 never stop the server.",
+             counters. SIGHUP re-reads --map-file (a file that no longer parses \
+             leaves the rules in force); other settings are read at start. \
+             SIGHUP and SIGUSR2 never stop the server.",
         ],
     ),
     (

@@ -245,6 +245,10 @@ impl Shard {
         // ever sees the mapped one (the debug log has the one asked for).
         let mapped;
         let mut request = *request;
+        let ctx = &mut self.ctx;
+        if ctx.names_shared.generation() != ctx.names_generation {
+            (ctx.names_generation, ctx.names) = ctx.names_shared.current();
+        }
         if let Some(names) = &self.ctx.names {
             let op = match request.kind {
                 RequestKind::Read => remap::Op::Get,

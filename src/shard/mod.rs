@@ -43,7 +43,7 @@ use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::server::ServerConfig;
 use crate::proto::sessions::Sessions;
 use crate::proto::wire;
-use crate::remap::NameMap;
+use crate::remap::{NameMap, SharedNames};
 use crate::stats::ShardCounters;
 use crate::sys::net::{PortPicker, PortRange};
 use crate::sys::process::EventFd;
@@ -69,7 +69,7 @@ pub struct ShardSetup {
     pub upload_locks: Arc<UploadLocks>,
     /// What requested names go through before resolution (remap rules,
     /// clean-ups), shared read-only by all shards; `None`: nothing.
-    pub names: Option<Arc<NameMap>>,
+    pub names: Arc<SharedNames>,
     /// Serve files without the o+r bit too (`--permissive`).
     pub permissive: bool,
     /// Send windows as UDP GSO batches (`--no-gso` turns it off).
@@ -198,7 +198,11 @@ struct Context {
     server: ServerConfig,
     upload: Option<UploadPolicy>,
     upload_locks: Arc<UploadLocks>,
+    /// The map in force, refreshed from `names_shared` when its
+    /// generation moves (SIGHUP).
     names: Option<Arc<NameMap>>,
+    names_generation: u64,
+    names_shared: Arc<SharedNames>,
     permissive: bool,
     gso: bool,
     /// Where the next transfer socket's port comes from (`--port-range`).
@@ -297,7 +301,10 @@ impl Shard {
                 server: setup.server,
                 upload: setup.upload,
                 upload_locks: setup.upload_locks,
-                names: setup.names.filter(|n| !n.is_identity()),
+                // Taken at the first request (no generation is u64::MAX).
+                names: None,
+                names_generation: u64::MAX,
+                names_shared: setup.names,
                 permissive: setup.permissive,
                 gso: setup.gso,
                 ports: setup
