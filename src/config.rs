@@ -104,6 +104,12 @@ pub struct Args {
     #[arg(long)]
     pub overwrite: bool,
 
+    /// Accept uploads (--create, --overwrite) while running as root. Without
+    /// it uftpd refuses to start with uploads enabled as root unless --user
+    /// drops privileges: every client could write files owned by root.
+    #[arg(long)]
+    pub allow_root_uploads: bool,
+
     /// Accept uploads only under this directory of the root (e.g.
     /// `incoming`); other WRQs get ERROR 2.
     #[arg(long, value_name = "DIR")]
@@ -437,6 +443,18 @@ pub fn parse_umask(text: &str) -> Result<u32, String> {
 impl Args {
     /// What uploads may do, or `None` when they are off; `Err` is the one
     /// line to print for an --upload-dir that cannot be a directory name.
+    /// Why uploads may not be served by a process with effective uid
+    /// `euid`, if they may not: root writes only with --user or
+    /// --allow-root-uploads.
+    pub fn root_upload_refusal(&self, euid: u32) -> Option<String> {
+        let uploads = self.create || self.overwrite;
+        (uploads && euid == 0 && self.user.is_none() && !self.allow_root_uploads).then(|| {
+            "uploads (--create/--overwrite) as root would write files owned by root: \
+             add --user NAME to drop privileges, or --allow-root-uploads"
+                .to_string()
+        })
+    }
+
     pub fn upload_policy(&self) -> Result<Option<UploadPolicy>, String> {
         if !self.create && !self.overwrite {
             return Ok(None);

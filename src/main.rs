@@ -93,6 +93,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(line) = args.root_upload_refusal(process::effective_uid()) {
+        uftpd::log_error!("{line}");
+        return ExitCode::from(2);
+    }
     let user = match switch_to(&args) {
         Ok(user) => user,
         Err(line) => {

@@ -44,6 +44,18 @@ fn startup_errors_are_one_clear_line() {
     let taken = holder.local_addr().unwrap().to_string();
     let e = startup_failure(&["--listen", &taken, dir.path().to_str().unwrap()]);
     assert!(e.contains("port in use"), "{e}");
+
+    // As root, uploads need --user or an explicit --allow-root-uploads.
+    if uftpd::sys::process::effective_uid() == 0 {
+        let root = dir.path().to_str().unwrap();
+        let e = startup_failure(&["--listen", "127.0.0.1:0", "--create", root]);
+        assert!(
+            e.contains("--allow-root-uploads") && e.contains("--user"),
+            "{e}"
+        );
+        let e = startup_failure(&["--listen", "127.0.0.1:0", "--overwrite", root]);
+        assert!(e.contains("as root"), "{e}");
+    }
 }
 
 #[test]

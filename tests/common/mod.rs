@@ -390,6 +390,15 @@ impl Server {
         if std::env::var_os("UFTPD_TEST_VERBOSE").is_some() {
             cmd.arg("-v");
         }
+        // The tests run as root: uploads there must be allowed explicitly
+        // (server_behaviour.rs checks the refusal itself).
+        if extra_args
+            .iter()
+            .any(|a| *a == "--create" || *a == "--overwrite")
+            && !extra_args.contains(&"--user")
+        {
+            cmd.arg("--allow-root-uploads");
+        }
         cmd.args(extra_args);
         cmd.arg(root);
         Server::spawn_and_wait(cmd, listens, false, None)

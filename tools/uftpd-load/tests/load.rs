@@ -293,7 +293,7 @@ fn uploads_land_whole() {
     let src = Dir::new("wrq-src");
     let bytes = content(300_000, 7);
     let file = write(&src.0, "image", &bytes);
-    let server = Server::uftpd(&root.0, &["--create"]);
+    let server = Server::uftpd(&root.0, &["--create", "--allow-root-uploads"]);
     let (code, r, _) = load(
         server.addr,
         &[
