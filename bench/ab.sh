@@ -27,7 +27,9 @@ start() {
     "$2" --listen 127.0.0.1:0 --cores 2 "$work/root" 2> "$work/$1.log" &
     pid[$1]=$!
     for _ in $(seq 100); do grep -q listening "$work/$1.log" && break; sleep 0.05; done
-    port[$1]=$(grep -o '127.0.0.1:[0-9]*' "$work/$1.log" | head -1 | cut -d: -f2)
+    # The service port, from "listening on ...": other lines (a stats port
+    # that was taken) name addresses too.
+    port[$1]=$(grep -o 'listening on 127.0.0.1:[0-9]*' "$work/$1.log" | head -1 | cut -d: -f2)
 }
 cpu() { cat /proc/"$1"/task/*/schedstat | awk '{ns += $1} END {printf "%d", ns / 1000000}'; }
 start before "$before"
