@@ -168,7 +168,7 @@ start_in_cgroup "$CG_UFTPD" "$WORK/uftpd.log" "$UFTPD" -v --listen 127.0.0.1:0 -
 UFTPD_PID=$LAST_PID
 UFTPD_PORT=""
 for ((i = 0; i < 100; i++)); do
-    UFTPD_PORT=$(sed -n 's/^uftpd: listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/uftpd.log" | head -n1)
+    UFTPD_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/uftpd.log" | head -n1)
     [ -n "$UFTPD_PORT" ] && break
     kill -0 "$UFTPD_PID" 2>/dev/null || break
     sleep 0.1
