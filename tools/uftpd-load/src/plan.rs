@@ -120,3 +120,58 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(files: usize, transfers: Option<u64>) -> Shared {
+        let plan = Plan {
+            server: ([127, 0, 0, 1], 69).into(),
+            files: (0..files)
+                .map(|i| FileSpec {
+                    name: format!("f{i}"),
+                    content: None,
+                    expected: None,
+                })
+                .collect(),
+            write: false,
+            options: OptionValues::default(),
+            timer: TimerConfig {
+                retransmit_ms: 1000,
+                retries_max: 5,
+                backoff: true,
+                unverified_resends_max: None,
+                unverified_quiet_waits: 0,
+                unverified_retransmit_ms: 1000,
+            },
+            sessions_per_thread: 1,
+            rate_per_thread: None,
+            bind: Vec::new(),
+        };
+        Shared::new(plan, transfers, None)
+    }
+
+    #[test]
+    fn every_copy_of_a_file_must_hash_like_the_first() {
+        let s = shared(2, None);
+        assert!(
+            s.check_hash(0, 10, 0xabc),
+            "the first copy sets the reference"
+        );
+        assert!(s.check_hash(0, 10, 0xabc));
+        assert!(!s.check_hash(0, 10, 0xabd), "a different hash fails");
+        assert!(!s.check_hash(0, 11, 0xabc), "a different length fails");
+        assert!(s.check_hash(1, 99, 1), "each file has its own reference");
+    }
+
+    #[test]
+    fn transfers_are_handed_out_once_each_and_files_in_turn() {
+        let s = shared(3, Some(4));
+        let now = Instant::now();
+        let taken: Vec<u64> = std::iter::from_fn(|| s.take(now)).take(10).collect();
+        assert_eq!(taken, vec![0, 1, 2, 3]);
+        assert!(s.exhausted(now));
+        assert_eq!((s.file_of(0), s.file_of(1), s.file_of(3)), (0, 1, 0));
+    }
+}

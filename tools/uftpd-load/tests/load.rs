@@ -70,35 +70,49 @@ struct Server {
 
 impl Server {
     fn uftpd(root: &Path, extra: &[&str]) -> Server {
-        let port = free_port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = Command::new(uftpd_bin())
-            .args(["--cores", "1", "--listen", &addr.to_string()])
-            .args(["--stats", "127.0.0.1:0", "-q"])
-            .args(extra)
-            .arg(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn uftpd");
-        let server = Server { child, addr };
-        server.wait_ready();
-        server
+        Server::spawn(
+            uftpd_bin().as_path(),
+            |addr| {
+                let mut args = vec![
+                    "--cores",
+                    "1",
+                    "--listen",
+                    addr,
+                    "--stats",
+                    "127.0.0.1:0",
+                    "-q",
+                ];
+                args.extend_from_slice(extra);
+                args.iter().map(|a| a.to_string()).collect()
+            },
+            root,
+        )
     }
 
     fn hpa(binary: &Path, root: &Path, extra: &[&str]) -> Server {
-        let port = free_port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        Server::spawn(
+            binary,
+            |addr| {
+                let mut args = vec!["-L", "-a", addr, "-s"];
+                args.extend_from_slice(extra);
+                args.iter().map(|a| a.to_string()).collect()
+            },
+            root,
+        )
+    }
+
+    /// Starts `binary` with the arguments `args` gives for a free loopback
+    /// address, then ROOT, and waits until it answers.
+    fn spawn(binary: &Path, args: impl FnOnce(&str) -> Vec<String>, root: &Path) -> Server {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let child = Command::new(binary)
-            .args(["-L", "-a", &addr.to_string(), "-s"])
-            .args(extra)
+            .args(args(&addr.to_string()))
             .arg(root)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn in.tftpd");
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
         let server = Server { child, addr };
         server.wait_ready();
         server
