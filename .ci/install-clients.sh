@@ -6,13 +6,14 @@
 #   tests/stats.rs; tftpd-hpa (extracted, not installed) for
 #   tools/uftpd-load/tests/load.rs; man-db (man -l dist/uftpd.8) for
 #   tests/manual.rs; systemd (systemd-socket-activate, systemd-analyze) for
-#   tests/activation.rs. promtool is taken out of the prometheus package with
+#   tests/activation.rs; iproute2 (ip, for the network namespace of the
+#   dual-stack test in tests/activation.rs). promtool is taken out of the prometheus package with
 #   dpkg -x: installing the package would start a Prometheus server.
 # Idempotent: packages already installed are skipped; when nothing is
 # missing, apt is not touched at all. Debian/Ubuntu, run as root (or sudo).
 set -euo pipefail
 
-PACKAGES=(tftp-hpa atftp busybox curl chromium-headless-shell man-db systemd)
+PACKAGES=(tftp-hpa atftp busybox curl chromium-headless-shell man-db systemd iproute2)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -22,6 +22,10 @@ pub mod manual;
 
 pub const TFTP_PORT: u16 = 69;
 
+/// How long an inetd-started server waits for another request before it
+/// exits (tftpd-hpa's -t default: 15 minutes).
+pub const INETD_IDLE_EXIT_SECS: u64 = 900;
+
 /// Where the stats endpoint listens unless told otherwise.
 pub const STATS_DEFAULT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 6969);
@@ -78,13 +82,20 @@ pub struct Args {
     /// Address to serve on; repeat for several. `ADDR:PORT`, `[IPV6]:PORT`,
     /// an address alone (port 69), `:PORT` or `PORT` alone (0.0.0.0 and
     /// [::]), `localhost[:PORT]` (127.0.0.1). Port 0 picks a free port.
-    /// An IPv6 address serves IPv6 only. Not with socket activation
-    /// (LISTEN_FDS), which uses systemd's sockets.
+    /// `[::]` is dual-stack: it serves IPv4 clients too (0.0.0.0 beside an
+    /// IPv6-only [::]); any other IPv6 address serves IPv6 only. Not with
+    /// socket activation (LISTEN_FDS), which uses systemd's sockets.
     /// [default: 0.0.0.0:69 and [::]:69]
     // `[::]` is an address for --help, not a rustdoc link.
     #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long = "listen", value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub listen: Vec<Listen>,
+
+    /// Serve IPv6 clients only: `[::]`, `:PORT` and the default listen
+    /// open no IPv4 socket (tftpd-hpa's -6). An IPv4 --listen address is
+    /// then an error.
+    #[arg(long)]
+    pub ipv6_only: bool,
 
     /// Start beside a uftpd that is serving the same addresses (they share
     /// the ports through SO_REUSEPORT), for a restart without a gap: start
@@ -92,6 +103,20 @@ pub struct Args {
     /// taking requests at once and drains. Without it a busy port is refused.
     #[arg(long)]
     pub takeover: bool,
+
+    /// Serve the UDP socket on standard input, as inetd (`wait` mode) and
+    /// systemd's `StandardInput=socket` pass it (tftpd-hpa without -l).
+    /// When standard error is that socket too, logs go to syslog instead.
+    /// Sockets systemd passes in LISTEN_FDS, if any, are taken instead.
+    #[arg(long, conflicts_with_all = ["listen", "takeover"])]
+    pub inetd: bool,
+
+    /// Exit after this many seconds with no transfer running and no
+    /// request received, so that inetd or systemd start uftpd again on the
+    /// next request (tftpd-hpa's -t). 0 never exits.
+    /// [default: 900 with --inetd, else 0]
+    #[arg(long, value_name = "SECS")]
+    pub idle_exit_secs: Option<u64>,
 
     /// Allow WRQ uploads to create new files; an existing file is replaced
     /// only if it is world-writable (tftpd-hpa's rule). Without it every
@@ -500,7 +525,28 @@ impl Args {
     }
 
     /// The addresses to serve on, each once, in the order given.
+    /// The configuration error in the listen addresses, if any: an IPv4
+    /// address with --ipv6-only (the wildcard pairs `[::]` and `:PORT`
+    /// stand for just drop their IPv4 half).
+    pub fn listen_refusal(&self) -> Option<String> {
+        if !self.ipv6_only {
+            return None;
+        }
+        let v4 = self
+            .listen
+            .iter()
+            .filter(|l| !l.0.iter().any(|a| a.is_ipv6()))
+            .flat_map(|l| l.0.iter())
+            .next()?;
+        Some(format!(
+            "--listen {v4} with --ipv6-only: an IPv4 address; drop one of the two"
+        ))
+    }
+
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        if self.listen.is_empty() && self.ipv6_only {
+            return vec![SocketAddr::from((Ipv6Addr::UNSPECIFIED, TFTP_PORT))];
+        }
         if self.listen.is_empty() {
             return vec![
                 SocketAddr::from((Ipv4Addr::UNSPECIFIED, TFTP_PORT)),
@@ -508,13 +554,22 @@ impl Args {
             ];
         }
         let mut out: Vec<SocketAddr> = Vec::new();
-        for addr in self.listen.iter().flat_map(|l| l.0.iter()) {
+        let wanted = |a: &&SocketAddr| !(self.ipv6_only && a.is_ipv4());
+        for addr in self.listen.iter().flat_map(|l| l.0.iter()).filter(wanted) {
             // A port-0 address twice means two free ports: keep both.
             if addr.port() == 0 || !out.contains(addr) {
                 out.push(*addr);
             }
         }
         out
+    }
+
+    /// `--idle-exit-secs` with its default; `None` never exits.
+    pub fn idle_exit(&self) -> Option<std::time::Duration> {
+        let secs = self
+            .idle_exit_secs
+            .unwrap_or(if self.inetd { INETD_IDLE_EXIT_SECS } else { 0 });
+        (secs > 0).then(|| std::time::Duration::from_secs(secs))
     }
 
     pub fn server_config(&self) -> ServerConfig {
@@ -595,7 +650,9 @@ mod tests {
         assert_eq!(parse_listen("6969").unwrap().0, both(6969));
         assert_eq!(parse_listen("localhost:69").unwrap().0, one("127.0.0.1:69"));
         assert_eq!(parse_listen("localhost").unwrap().0, one("127.0.0.1:69"));
-        assert_eq!(parse_listen("[::]:69").unwrap().0, one("[::]:69"));
+        // Dual-stack: IPv4 clients are served too.
+        assert_eq!(parse_listen("[::]:69").unwrap().0, both(69));
+        assert_eq!(parse_listen("[::]:0").unwrap().0, both(0));
         assert_eq!(parse_listen("[::1]").unwrap().0, one("[::1]:69"));
         assert_eq!(parse_listen("::1").unwrap().0, one("[::1]:69"));
         assert_eq!(parse_listen("10.0.0.1").unwrap().0, one("10.0.0.1:69"));
@@ -629,6 +686,24 @@ mod tests {
         want.extend(one("127.0.0.1:0"));
         want.extend(one("127.0.0.1:0"));
         assert_eq!(args.listen_addrs(), want);
+    }
+
+    #[test]
+    fn ipv6_only_drops_the_ipv4_half_of_wildcards() {
+        let args = |line: &str| {
+            let mut argv = vec!["uftpd"];
+            argv.extend(line.split_whitespace());
+            argv.push("/srv");
+            Args::try_parse_from(argv).unwrap()
+        };
+        let v6 = |a: &str| vec![a.parse::<SocketAddr>().unwrap()];
+        assert_eq!(args("--ipv6-only").listen_addrs(), v6("[::]:69"));
+        let a = args("--ipv6-only --listen [::]:70 --listen :71");
+        assert_eq!(a.listen_addrs(), [v6("[::]:70"), v6("[::]:71")].concat());
+        assert_eq!(a.listen_refusal(), None);
+        let a = args("--ipv6-only --listen [::1]:70 --listen 127.0.0.1:70");
+        assert!(a.listen_refusal().unwrap().contains("127.0.0.1:70"));
+        assert_eq!(args("--listen 127.0.0.1:70").listen_refusal(), None);
     }
 
     #[test]

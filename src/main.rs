@@ -83,6 +83,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Under inetd standard error is the service socket as well (and
+    // standard output): log to syslog, as tftpd-hpa always does.
+    let stderr_is_socket = args.inetd && activation::is_udp_socket(2);
+    if args.inetd {
+        for fd in [1, 2] {
+            if activation::is_udp_socket(fd) {
+                activation::detach_from(fd);
+            }
+        }
+    }
     // Configuration errors exit 2, as a bad flag does.
     let names = match name_map(&args) {
         Ok(names) => names,
@@ -93,6 +103,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(line) = args.listen_refusal() {
+        uftpd::log_error!("{line}");
+        return ExitCode::from(2);
+    }
     if let Some(line) = args.root_upload_refusal(process::effective_uid()) {
         uftpd::log_error!("{line}");
         return ExitCode::from(2);
@@ -119,7 +133,10 @@ fn main() -> ExitCode {
     // never wait for it (README "Logs").
     let style = Style::detect(args.log_format, args.log_level());
     let (logger, records) = Logger::channel(style.level, args.log_queue_records as usize);
-    let sink = match sink::spawn(style, records, args.syslog) {
+    // Syslog implied by inetd is best effort: without a /dev/log the lines
+    // are lost, as they would be on the socket, but the server serves.
+    let syslog = args.syslog || (stderr_is_socket && Path::new(sink::SYSLOG_SOCKET).exists());
+    let sink = match sink::spawn(style, records, syslog) {
         Ok(sink) => sink,
         Err(e) => {
             uftpd::log_error!("--syslog: cannot reach {}: {e}", sink::SYSLOG_SOCKET);
@@ -142,7 +159,7 @@ fn main() -> ExitCode {
 
 fn run(
     args: Args,
-    passed: Vec<(OwnedFd, SocketAddr)>,
+    (passed, origin): (Vec<(OwnedFd, SocketAddr)>, Origin),
     names: Option<Arc<NameMap>>,
     user: Option<process::User>,
     logger: &Logger,
@@ -169,8 +186,7 @@ fn run(
     // No probe ring here: one created and dropped now would still hold its
     // locked memory (freed asynchronously) when the shards build theirs.
     // A shard that cannot build its ring says why, in one line.
-    let activated = !passed.is_empty();
-    let sockets = if activated {
+    let sockets = if origin != Origin::Bound {
         adopt_all(passed, shards)?
     } else {
         bind_all(&args.listen_addrs(), shards, args.takeover)?
@@ -309,12 +325,20 @@ fn run(
         );
     }
     for addr in &bound {
-        if activated {
-            uftpd::log_info!("listening on {addr} (socket from systemd)");
-        } else {
-            uftpd::log_info!("listening on {addr}");
+        match origin {
+            Origin::Bound => uftpd::log_info!("listening on {addr}"),
+            Origin::Systemd => uftpd::log_info!("listening on {addr} (socket from systemd)"),
+            Origin::Inetd => uftpd::log_info!("listening on {addr} (socket from inetd)"),
         }
     }
+    let idle_exit = args.idle_exit();
+    if let Some(idle) = idle_exit {
+        uftpd::log_info!(
+            "exiting after {} s without a transfer or a request (--idle-exit-secs)",
+            idle.as_secs()
+        );
+    }
+    let mut idle = IdleWatch::new(std::time::Instant::now());
     if let Some(addr) = stats {
         uftpd::log_info!("stats on {addr} (uftpd-stat {addr}, http://{addr}/)");
     }
@@ -357,6 +381,19 @@ fn run(
             Some(other) => uftpd::log_info!("signal {other} ignored"),
             None => {}
         }
+        if let Some(after) = idle_exit
+            && !draining
+            && idle.idle_for(&all_counters, std::time::Instant::now()) >= after
+        {
+            uftpd::log_info!(
+                "idle for {} s: exiting (the next request starts uftpd again under \
+                 inetd or systemd)",
+                after.as_secs()
+            );
+            draining = true;
+            control.drain();
+            wake_shards(&wakes);
+        }
         if !draining && threads.iter().any(|t| t.is_finished()) {
             // A shard only returns on its own after an error; never exit 0 then.
             result = Err("a shard stopped unexpectedly; shutting down".to_string());
@@ -385,6 +422,8 @@ fn bind_all(
 ) -> Result<Vec<Vec<(OwnedFd, SocketAddr)>>, String> {
     let explicit = addrs.len() == 1 || !addrs.iter().all(|a| a.ip().is_unspecified());
     let mut per_shard: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..shards).map(|_| Vec::new()).collect();
+    // The address bound before this one, as asked, and the port it got.
+    let mut paired: Option<(SocketAddr, u16)> = None;
     for &addr in addrs {
         // With --takeover the port is expected to be busy (the instance we
         // replace): join its SO_REUSEPORT group instead of waiting it out.
@@ -401,12 +440,20 @@ fn bind_all(
             }
             return Err(bind_error(addr, &e));
         }
-        let mut actual = addr;
+        // `[::]:0` (and `:0`) stands for an IPv4 and an IPv6 socket: both
+        // get the port the first one was given.
+        let mut actual = match paired {
+            Some((first, port)) if addr.port() == 0 && pairs_with(first, addr) => {
+                SocketAddr::new(addr.ip(), port)
+            }
+            _ => addr,
+        };
         for sockets in per_shard.iter_mut() {
-            let fd = net::service_socket(actual).map_err(|e| bind_error(actual, &e))?;
+            let fd = net::service_socket(actual, false).map_err(|e| bind_error(actual, &e))?;
             actual = net::local_addr(&fd).map_err(|e| bind_error(actual, &e))?;
             sockets.push((fd, actual));
         }
+        paired = Some((addr, actual.port()));
     }
     if per_shard.first().is_none_or(|s| s.is_empty()) {
         return Err("no address to listen on".into());
@@ -414,9 +461,35 @@ fn bind_all(
     Ok(per_shard)
 }
 
-/// The sockets systemd passed, if any; `Err` is a configuration error.
-fn take_passed_sockets(args: &Args) -> Result<Vec<(OwnedFd, SocketAddr)>, String> {
+/// Whether `second` is the other family's half of the wildcard pair
+/// `first` began (`0.0.0.0:0` then `[::]:0`, as `:0` and `[::]:0` expand).
+fn pairs_with(first: SocketAddr, second: SocketAddr) -> bool {
+    first.port() == 0
+        && first.ip().is_unspecified()
+        && second.ip().is_unspecified()
+        && first.is_ipv4() != second.is_ipv4()
+}
+
+/// Where the service sockets came from, for the `listening on` lines.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Bound,
+    Systemd,
+    Inetd,
+}
+
+/// The sockets systemd passed, or with --inetd the one on standard input,
+/// if any; `Err` is a configuration error.
+fn take_passed_sockets(args: &Args) -> Result<(Vec<(OwnedFd, SocketAddr)>, Origin), String> {
     let passed = activation::take_passed()?;
+    if args.inetd {
+        if !passed.is_empty() {
+            // systemd's StandardInput=socket: the same socket is on 0 too.
+            activation::detach_from(0);
+            return Ok((passed, Origin::Systemd));
+        }
+        return Ok((vec![activation::take_stdin()?], Origin::Inetd));
+    }
     if !passed.is_empty() && !args.listen.is_empty() {
         return Err(format!(
             "--listen and socket activation together: systemd passed {} socket(s) \
@@ -431,7 +504,12 @@ fn take_passed_sockets(args: &Args) -> Result<Vec<(OwnedFd, SocketAddr)>, String
                 .into(),
         );
     }
-    Ok(passed)
+    let origin = if passed.is_empty() {
+        Origin::Bound
+    } else {
+        Origin::Systemd
+    };
+    Ok((passed, origin))
 }
 
 /// The passed sockets as service sockets: each serves the first shard,
@@ -453,7 +531,7 @@ fn adopt_all(
             let own = if shared {
                 None
             } else {
-                match net::service_socket(addr) {
+                match net::service_socket(addr, net::is_dual_stack(&fd)) {
                     Ok(s) => Some(s),
                     Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
                         uftpd::log_warn!(
@@ -521,6 +599,34 @@ fn print_totals(counters: &[Arc<ShardCounters>]) {
     }
     let fields: Vec<String> = total.fields().map(|(k, v, _)| format!("{k}={v}")).collect();
     uftpd::log_info!("totals: {}", fields.join(" "));
+}
+
+/// How long the server has had no session and received no packet, from
+/// the shards' counters, read once a second by the main thread.
+struct IdleWatch {
+    packets: u64,
+    since: std::time::Instant,
+}
+
+impl IdleWatch {
+    fn new(now: std::time::Instant) -> IdleWatch {
+        IdleWatch {
+            packets: 0,
+            since: now,
+        }
+    }
+
+    fn idle_for(&mut self, counters: &[Arc<ShardCounters>], now: std::time::Instant) -> Duration {
+        let mut total = Snapshot::default();
+        for c in counters {
+            total.add(&c.snapshot());
+        }
+        if total.sessions_active > 0 || total.packets_received != self.packets {
+            self.packets = total.packets_received;
+            self.since = now;
+        }
+        now.saturating_duration_since(self.since)
+    }
 }
 
 /// Wakes every shard through its own eventfd.
@@ -805,19 +911,10 @@ impl Drop for PidFile {
 }
 
 /// tftpd-hpa's flags as uftpd's, with what [`hpa::translate`] leaves to
-/// the caller: refusing inetd mode, and tftpd-hpa's default user.
+/// the caller: tftpd-hpa's default user.
 fn hpa_command_line(args: &[std::ffi::OsString]) -> Result<Vec<std::ffi::OsString>, String> {
     let hpa = hpa::translate(args)?;
     let passes_through = hpa.argv.iter().any(|a| a == "--help" || a == "--version");
-    if !hpa.standalone && !passes_through {
-        return Err(
-            "without -l/--listen tftpd-hpa serves the socket that inetd or systemd \
-                    (tftp.socket) passes on standard input, which uftpd cannot take yet: \
-                    add -l and stop tftp.socket, or use uftpd.socket (README, Running \
-                    under systemd)"
-                .into(),
-        );
-    }
     let mut argv = hpa.argv;
     // As tftpd-hpa: started as root without -u, run as nobody.
     if hpa.default_user && !passes_through && process::effective_uid() == 0 {

@@ -188,8 +188,6 @@ fn bad_socket_activation_is_one_line_and_exit_2() {
     let root = dir.path().to_str().unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    // (A dual-stack [::] socket is refused too, but binding one would
-    // leave loopback.)
     let cases: [(Command, &str); 4] = [
         (
             with_passed_socket(&udp, "1", &["--listen", "127.0.0.1:0"], root),
@@ -267,4 +265,147 @@ fn the_shipped_units_verify() {
         "{}",
         out.describe()
     );
+}
+
+#[test]
+fn inetd_mode_without_a_socket_on_stdin_is_one_line_and_exit_2() {
+    if skip_on_stand_in("uftpd's --inetd") {
+        return;
+    }
+    let dir = TempDir::new("inetd-bad");
+    let out = run_client(
+        Command::new(env!("CARGO_BIN_EXE_uftpd"))
+            .arg("--inetd")
+            .arg(dir.path()),
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(2),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("standard input is not a socket"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// Native `--inetd`: the socket on standard input is served by every
+/// shard, and `--idle-exit-secs` ends the server once nothing happens.
+#[test]
+fn inetd_mode_serves_the_socket_on_stdin_with_every_shard() {
+    if skip_on_stand_in("uftpd's --inetd") {
+        return;
+    }
+    let dir = TempDir::new("inetd");
+    std::fs::write(dir.join("boot.txt"), b"booted\n").unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uftpd"));
+    cmd.args([
+        "--inetd",
+        "--idle-exit-secs",
+        "2",
+        "--cores",
+        "2",
+        "--stats",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ])
+    .arg(dir.path());
+    let mut server = Server::start_inetd(cmd, socket);
+    assert_eq!(server.addr(), addr);
+    assert_both_shards_serve(&server);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        server.log()
+    );
+}
+
+/// `--listen [::]` serves IPv4 clients too, and a dual-stack socket that
+/// systemd passes (its default `BindIPv6Only=`) serves both families,
+/// IPv4 clients logged as IPv4 and refused over IPv4. Wildcard addresses
+/// are bound only inside a network namespace of the test's own, with real
+/// clients (curl) on its loopback.
+#[test]
+fn dual_stack_serves_ipv4_clients_in_a_namespace() {
+    if skip_on_stand_in("uftpd's dual-stack")
+        || skip_if_missing("unshare")
+        || skip_if_missing("ip")
+        || skip_if_missing("curl")
+        || skip_if_missing("systemd-socket-activate")
+    {
+        return;
+    }
+    let probe = Command::new("unshare")
+        .args(["--net", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !probe {
+        eprintln!("SKIPPING: cannot make a network namespace (needs root)");
+        return;
+    }
+    let dir = TempDir::new("dual-stack");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("boot.txt"), b"booted\n").unwrap();
+    // Every wait in the script is bounded (10 s each); `timeout` bounds all.
+    let script = r#"
+set -u
+ip link set lo up
+up() { i=0; until [ "$(grep -c 'listening on' "$1")" -ge "$2" ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done; }
+"$UFTPD" --listen '[::]:6969' --cores 2 --no-stats "$ROOT" 2>"$LOGS/own.log" & pid=$!
+up "$LOGS/own.log" 2
+echo "own v4: $(curl -s --max-time 10 tftp://127.0.0.1:6969/boot.txt)"
+echo "own v6: $(curl -s -g --max-time 10 'tftp://[::1]:6969/boot.txt')"
+kill $pid; wait $pid
+"$UFTPD" --listen '[::]:0' --cores 1 --no-stats "$ROOT" 2>"$LOGS/free.log" & pid=$!
+up "$LOGS/free.log" 2
+kill $pid; wait $pid
+systemd-socket-activate --datagram -l '[::]:6970' "$UFTPD" --cores 2 --no-stats "$ROOT" 2>"$LOGS/passed.log" & pid=$!
+sleep 0.2
+echo "passed v4: $(curl -s --max-time 10 tftp://127.0.0.1:6970/boot.txt)"
+echo "passed v6: $(curl -s -g --max-time 10 'tftp://[::1]:6970/boot.txt')"
+curl -s --max-time 10 -o /dev/null tftp://127.0.0.1:6970/missing; echo "passed missing: $?"
+kill $pid; wait $pid
+"#;
+    let out = run_client(
+        Command::new("timeout")
+            .args(["60", "unshare", "--net", "sh", "-c", script])
+            .env("UFTPD", env!("CARGO_BIN_EXE_uftpd"))
+            .env("ROOT", &root)
+            .env("LOGS", dir.path()),
+        Duration::from_secs(70),
+    );
+    let logs = ["own.log", "free.log", "passed.log"]
+        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default());
+    let all = format!("{}\n{}", out.describe(), logs.join("\n"));
+    for line in [
+        "own v4: booted",
+        "own v6: booted",
+        "passed v4: booted",
+        "passed v6: booted",
+        // curl's exit code for TFTP "file not found".
+        "passed missing: 68",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?}\n{all}");
+    }
+    assert!(logs[0].contains("listening on 0.0.0.0:6969"), "{all}");
+    assert!(logs[0].contains("listening on [::]:6969"), "{all}");
+    // [::]:0: one free port for both families.
+    let ports: BTreeSet<&str> = logs[1]
+        .lines()
+        .filter_map(|l| l.split("listening on ").nth(1))
+        .filter_map(|a| a.rsplit(':').next())
+        .collect();
+    assert_eq!(ports.len(), 1, "{all}");
+    // The IPv4 client of the dual-stack socket is an IPv4 address.
+    assert!(logs[2].contains("to 127.0.0.1:"), "{all}");
+    assert!(!logs[2].contains("::ffff:"), "{all}");
 }

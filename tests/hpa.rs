@@ -91,6 +91,72 @@ fn debian_style_in_tftpd_serves_as_the_user_it_names() {
     );
 }
 
+/// RHEL's `in.tftpd -s DIR` without -l, as inetd or systemd's tftp.socket
+/// (`StandardInput=socket`) start it: the socket on standard input,
+/// served as `nobody` (no -u, started as root), and an exit after -t
+/// seconds without a request, not before.
+#[test]
+fn rhel_style_in_tftpd_serves_the_socket_on_stdin_and_exits_when_idle() {
+    if skip_on_stand_in("uftpd's in.tftpd") {
+        return;
+    }
+    if !is_root() {
+        eprintln!("SKIPPING: switching users needs root");
+        return;
+    }
+    let dir = TempDir::new("hpa-rhel");
+    let root = dir.join("tftpboot");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("pxelinux.0"), b"boot\n").unwrap();
+    let link = dir.join("in.tftpd");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_uftpd"), &link).unwrap();
+    // The socket inetd would have bound, with the request that woke it
+    // already waiting.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let early = client_socket(addr);
+    early
+        .send_to(&rrq(b"pxelinux.0", "octet", &[]), addr)
+        .unwrap();
+    let mut cmd = Command::new(&link);
+    cmd.args(["-t", "2", "-s"]).arg(&root);
+    let started = std::time::Instant::now();
+    let mut server = Server::start_inetd(cmd, socket);
+    assert_eq!(server.addr(), addr);
+    assert!(
+        server.log().contains("(socket from inetd)"),
+        "{}",
+        server.log()
+    );
+    match recv_packet(&early, Duration::from_secs(5)) {
+        Some((Packet::Data { block: 1, data }, from, _)) => {
+            assert_eq!(data, b"boot\n");
+            early.send_to(&ack(1), from).unwrap();
+        }
+        other => panic!("the waiting request got {other:?}\n{}", server.log()),
+    }
+    assert_eq!(uid_of(server.pid()), Some(65534), "{}", server.log());
+    // Requests 0.7 s apart keep a server with -t 2 running past 2 s.
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        let got = raw_get(addr, b"pxelinux.0", "octet", &[])
+            .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+        assert_eq!(got.data, b"boot\n");
+    }
+    assert!(started.elapsed() > Duration::from_millis(2_500));
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("idle for 2 s: exiting"),
+        "{}",
+        server.log()
+    );
+}
+
 #[test]
 fn in_tftpd_refuses_what_uftpd_cannot_do_in_one_line() {
     let dir = TempDir::new("hpa-refuse");
@@ -98,7 +164,8 @@ fn in_tftpd_refuses_what_uftpd_cannot_do_in_one_line() {
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_uftpd"), &link).unwrap();
     let root = dir.path().to_str().unwrap();
     for (args, says) in [
-        (vec!["-s", root], "without -l/--listen"),
+        // No -l: inetd mode, and standard input is no socket here.
+        (vec!["-s", root], "standard input is not a socket"),
         (vec!["-l", "-R", "8191:4096", "-s", root], "-R/--port-range"),
         (vec!["-l", "-r", "mtu", "-s", root], "-r/--refuse"),
         (vec!["-l", "-a", "127.0.0.1:0", root], "add -s DIR"),

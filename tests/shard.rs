@@ -44,7 +44,7 @@ impl InProcess {
         let root_arg = root.to_str().unwrap();
         argv.push(root_arg);
         let args = Args::try_parse_from(argv).unwrap();
-        let fd = net::service_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let fd = net::service_socket("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let addr = net::local_addr(&fd).unwrap();
         let counters = Arc::new(ShardCounters::default());
         let control = Arc::new(Control::default());

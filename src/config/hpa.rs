@@ -95,6 +95,7 @@ struct Seen {
     help: bool,
     listen: bool,
     address: Option<OsString>,
+    timeout_secs: Option<u64>,
     blocksize: Option<OsString>,
     user: Option<OsString>,
     umask: Option<OsString>,
@@ -225,8 +226,8 @@ fn apply(seen: &mut Seen, flag: Flag, value: Option<OsString>) -> Result<(), Str
         Flag::Version => seen.version = true,
         Flag::Help => seen.help = true,
         Flag::Listen => seen.listen = true,
-        // uftpd never forks: it always runs in the foreground.
-        Flag::Foreground => {}
+        // -L is -l that stays in the foreground; uftpd never forks.
+        Flag::Foreground => seen.listen = true,
         Flag::Address => seen.address = value,
         Flag::Blocksize => seen.blocksize = value,
         Flag::User => seen.user = value,
@@ -235,12 +236,14 @@ fn apply(seen: &mut Seen, flag: Flag, value: Option<OsString>) -> Result<(), Str
         Flag::MapFile => seen.map_file = value,
         Flag::Pidfile => seen.pidfile = value,
         Flag::Timeout => {
-            // tftpd-hpa's -t is how long an inetd-started server waits for
-            // more requests; a standalone server (-l) ignores it too.
+            // How long an inetd-started server waits for more requests; a
+            // standalone one (-l) ignores it, as tftpd-hpa does.
             let v = text().unwrap_or_default();
-            v.trim()
+            let secs = v
+                .trim()
                 .parse::<u64>()
                 .map_err(|_| format!("-t/--timeout {v}: not a number of seconds"))?;
+            seen.timeout_secs = Some(secs);
         }
         Flag::Refuse => {
             let v = text().unwrap_or_default();
@@ -298,10 +301,24 @@ fn native(seen: Seen) -> Result<Hpa, String> {
             );
         }
     };
-    let address = seen.address.as_deref().map(|a| a.to_string_lossy());
-    for addr in listen_addrs(address.as_deref().unwrap_or(""), seen.ipv4, seen.ipv6)? {
-        argv.push("--listen".into());
-        argv.push(addr.to_string().into());
+    if seen.listen {
+        let address = seen.address.as_deref().map(|a| a.to_string_lossy());
+        for addr in listen_addrs(address.as_deref().unwrap_or(""), seen.ipv4, seen.ipv6)? {
+            argv.push("--listen".into());
+            argv.push(addr.to_string().into());
+        }
+        if seen.ipv6 {
+            argv.push("--ipv6-only".into());
+        }
+    } else {
+        // Without -l the socket comes on standard input (inetd, or
+        // systemd's tftp.socket), and -a is not used, as in tftpd-hpa.
+        let secs = seen
+            .timeout_secs
+            .unwrap_or(crate::config::INETD_IDLE_EXIT_SECS);
+        argv.push("--inetd".into());
+        argv.push("--idle-exit-secs".into());
+        argv.push(secs.to_string().into());
     }
     if seen.create {
         argv.push("--create".into());
@@ -401,9 +418,20 @@ pub fn address_list(text: &str, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr
         "" => vec![Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()],
         "localhost" if ipv6 => vec![Ipv6Addr::LOCALHOST.into()],
         "localhost" => vec![Ipv4Addr::LOCALHOST.into()],
-        h => vec![h.parse().map_err(|_| {
-            bad("uftpd needs an IP address here (it resolves no host names), e.g. 0.0.0.0:69")
-        })?],
+        h => match h.parse::<IpAddr>() {
+            // `[::]` is dual-stack, as on most systems: IPv4 clients are
+            // served too (by an IPv4 socket beside the IPv6-only one), unless
+            // -6 asks for IPv6 alone.
+            Ok(IpAddr::V6(ip)) if ip.is_unspecified() && !ipv6 => {
+                vec![Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()]
+            }
+            Ok(ip) => vec![ip],
+            Err(_) => {
+                return Err(bad(
+                    "uftpd needs an IP address here (it resolves no host names), e.g. 0.0.0.0:69",
+                ));
+            }
+        },
     };
     for ip in &ips {
         if (ipv4 && ip.is_ipv6()) || (ipv6 && ip.is_ipv4()) {
@@ -459,12 +487,21 @@ mod tests {
     #[test]
     fn rhel_invocation() {
         let (args, h) = parsed("-s /var/lib/tftpboot");
-        // Socket-activated: no -l, so the socket would come on stdin.
+        // Socket-activated: no -l, so the socket comes on standard input,
+        // and the server exits after 15 idle minutes.
         assert!(!h.standalone);
         assert!(h.default_user);
         assert_eq!(args.root, Some(PathBuf::from("/var/lib/tftpboot")));
-        assert_eq!(args.listen_addrs(), addrs(&["0.0.0.0:69", "[::]:69"]));
+        assert!(args.inetd && args.listen.is_empty());
+        assert_eq!(args.idle_exit(), Some(std::time::Duration::from_secs(900)));
         assert_eq!(args.user, None);
+        let (args, _) = parsed("-t 60 -a 10.0.0.1 -s /srv");
+        assert!(args.inetd && args.listen.is_empty());
+        assert_eq!(args.idle_exit(), Some(std::time::Duration::from_secs(60)));
+        // -L is -l in the foreground; -t is then ignored, as by tftpd-hpa.
+        let (args, h) = parsed("-L -t 60 -s /srv");
+        assert!(h.standalone && !args.inetd);
+        assert_eq!(args.idle_exit(), None);
     }
 
     #[test]
@@ -484,16 +521,16 @@ mod tests {
         assert_eq!(args.map_file, Some(PathBuf::from("/etc/map")));
         assert_eq!(args.verbose, 1);
         // Attached values, long forms with '=', abbreviations, -- and order.
-        let (args, _) = parsed("-sc -utftp --addr=[::1]:1069 --retrans=1000000 -6 -- /srv");
+        let (args, _) = parsed("-lsc -utftp --addr=[::1]:1069 --retrans=1000000 -6 -- /srv");
         assert_eq!(args.listen_addrs(), addrs(&["[::1]:1069"]));
         assert_eq!(args.user.as_deref(), Some("tftp"));
         assert_eq!(args.retransmit_ms, 1000);
         assert!(args.create);
         let (args, _) = parsed("/srv -l --secure");
         assert_eq!(args.root, Some(PathBuf::from("/srv")));
-        let (args, _) = parsed("-s -a 10.1.2.3 /srv");
+        let (args, _) = parsed("-l -s -a 10.1.2.3 /srv");
         assert_eq!(args.listen_addrs(), addrs(&["10.1.2.3:69"]));
-        let (args, _) = parsed("-s -6 -a :70 /srv");
+        let (args, _) = parsed("-l -s -6 -a :70 /srv");
         assert_eq!(args.listen_addrs(), addrs(&["[::]:70"]));
     }
 
@@ -568,10 +605,16 @@ mod tests {
             listen_addrs("localhost:1069", false, false).unwrap(),
             addrs(&["127.0.0.1:1069"])
         );
+        // Dual-stack, unless -6.
         assert_eq!(
             listen_addrs("[::]", false, false).unwrap(),
-            addrs(&["[::]:69"])
+            addrs(&["0.0.0.0:69", "[::]:69"])
         );
+        assert_eq!(
+            listen_addrs("[::]:70", false, true).unwrap(),
+            addrs(&["[::]:70"])
+        );
+        assert!(listen_addrs("[::]", true, false).is_err());
         assert_eq!(
             listen_addrs("::1", false, false).unwrap(),
             addrs(&["[::1]:69"])

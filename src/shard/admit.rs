@@ -63,7 +63,7 @@ impl Shard {
             raw.extend_from_slice(d.payload);
             let peer = d.peer?;
             let local = net::parse_pktinfo(d.control, svc_addr.port()).unwrap_or(svc_addr);
-            Some((peer, local, d.truncated))
+            Some((peer, net::transfer_local(peer, local), d.truncated))
         });
         if let Some((peer, local, truncated)) = received {
             let c = &self.ctx.counters;
@@ -217,11 +217,15 @@ impl Shard {
         let Some(svc) = self.services.get(service) else {
             return;
         };
-        let source = svc.addr.ip().is_unspecified().then_some(local.ip());
+        // A dual-stack service socket (passed by systemd or inetd) reaches
+        // an IPv4 client at its IPv4-mapped address.
+        let v6 = svc.addr.is_ipv6();
+        let source = (svc.addr.ip().is_unspecified() && !local.ip().is_unspecified())
+            .then(|| net::ip_for_socket(local.ip(), v6));
         let owner = self.owners.service(service);
         if self
             .io
-            .send_control(owner, peer, source, |buf| {
+            .send_control(owner, net::for_socket(peer, v6), source, |buf| {
                 let text = message.unwrap_or(refusal.message.as_bytes());
                 wire::encode_error_bytes(buf, refusal.code, text)
             })

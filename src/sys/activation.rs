@@ -1,5 +1,7 @@
 //! Socket activation: the UDP sockets systemd passes (`LISTEN_FDS`,
-//! `LISTEN_PID`, descriptors from 3), as sd_listen_fds(3) defines them.
+//! `LISTEN_PID`, descriptors from 3), as sd_listen_fds(3) defines them,
+//! and the one inetd (`wait` mode) or systemd's `StandardInput=socket`
+//! passes on standard input.
 
 use std::io;
 use std::net::SocketAddr;
@@ -42,8 +44,9 @@ pub fn passed_count(
 
 /// Takes the sockets systemd passed, with their local addresses, and
 /// clears the variables so nothing started later sees them. Each must be
-/// a bound UDP socket (`ListenDatagram=`); an IPv6 one must be IPv6-only
-/// (`BindIPv6Only=ipv6-only`), as uftpd's own `[::]` sockets are.
+/// a bound UDP socket (`ListenDatagram=`); an IPv6 one may be dual-stack
+/// (systemd's default `BindIPv6Only=`), and IPv4 clients are then served
+/// through it.
 ///
 /// Call before any other thread exists: it changes the environment.
 pub fn take_passed() -> Result<Vec<(OwnedFd, SocketAddr)>, String> {
@@ -81,6 +84,64 @@ pub fn take_passed() -> Result<Vec<(OwnedFd, SocketAddr)>, String> {
     Ok(out)
 }
 
+/// Takes the UDP socket on standard input (inetd, `--inetd`): moves it
+/// to a close-on-exec descriptor of its own and puts /dev/null on 0, so
+/// nothing that reads standard input can take a request. `Err` is one line.
+pub fn take_stdin() -> Result<(OwnedFd, SocketAddr), String> {
+    // SAFETY: fcntl on descriptor 0; a closed one fails with EBADF.
+    let raw = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, LISTEN_FDS_START) };
+    if raw < 0 {
+        return Err(format!(
+            "--inetd: standard input is not open ({}); inetd's `wait` mode or \
+             systemd's StandardInput=socket passes the socket there",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC just made this descriptor, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let addr = check_udp(&fd).map_err(|why| {
+        format!(
+            "--inetd: standard input {why}: inetd's `wait` mode or systemd's \
+             StandardInput=socket passes the socket there (to bind sockets of its \
+             own, give --listen, or tftpd-hpa's -l)"
+        )
+    })?;
+    detach_from(0);
+    Ok((fd, addr))
+}
+
+/// Whether `raw` is a UDP socket: under inetd (and `StandardInput=socket`
+/// without `StandardError=`) standard error is the service socket too, where
+/// a log line would go nowhere.
+pub fn is_udp_socket(raw: RawFd) -> bool {
+    // SAFETY: a borrowed descriptor for the call only; an invalid one
+    // makes getsockopt fail, which reads as "no".
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+    // SAFETY: fcntl on any number is safe.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return false;
+    }
+    let socket = socket2::SockRef::from(&fd);
+    socket.r#type().is_ok_and(|t| t == socket2::Type::DGRAM) && net::local_addr_of(&fd).is_ok()
+}
+
+/// Points descriptor `raw` at /dev/null (best effort), so that writes or
+/// reads meant for a terminal never reach the service socket.
+pub fn detach_from(raw: RawFd) {
+    // SAFETY: a NUL-terminated path; dup2 onto a descriptor we own (0-2).
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null >= 0 {
+            if null != raw {
+                libc::dup2(null, raw);
+                libc::close(null);
+            } else {
+                libc::fcntl(raw, libc::F_SETFD, 0);
+            }
+        }
+    }
+}
+
 /// The socket's local address if it is one uftpd can serve on.
 fn check_udp(fd: &OwnedFd) -> Result<SocketAddr, String> {
     let socket = socket2::SockRef::from(fd);
@@ -88,19 +149,15 @@ fn check_udp(fd: &OwnedFd) -> Result<SocketAddr, String> {
         .r#type()
         .map_err(|e| format!("is not a socket ({e})"))?;
     if kind != socket2::Type::DGRAM {
-        return Err("is not a datagram socket (use ListenDatagram= in the .socket unit)".into());
+        return Err(
+            "is not a datagram socket (ListenDatagram= in a .socket unit, dgram in inetd.conf)"
+                .into(),
+        );
     }
     let addr = net::local_addr(fd)
         .map_err(|_| "is not an IPv4 or IPv6 socket (use ListenDatagram=ADDR:PORT)".to_string())?;
     if addr.port() == 0 {
         return Err("is not bound to a port".into());
-    }
-    if addr.is_ipv6() && !socket.only_v6().unwrap_or(false) {
-        return Err(format!(
-            "({addr}) is dual-stack, which uftpd does not serve yet: set \
-             BindIPv6Only=ipv6-only and add ListenDatagram=0.0.0.0:{}",
-            addr.port()
-        ));
     }
     Ok(addr)
 }

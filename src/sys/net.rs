@@ -30,10 +30,13 @@ fn set_int_opt(fd: &impl AsRawFd, level: i32, name: i32, value: i32) -> io::Resu
 
 /// A service socket: one per shard per listen address, all in one
 /// SO_REUSEPORT group so the kernel spreads clients across shards.
-pub fn service_socket(addr: SocketAddr) -> io::Result<OwnedFd> {
+/// An IPv6 one is IPv6-only unless `dual_stack` (a socket beside a
+/// dual-stack one systemd or inetd passed: IPv4 clients arrive on it as
+/// `::ffff:a.b.c.d`, which [`parse_sockaddr`] turns back into IPv4).
+pub fn service_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<OwnedFd> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(!dual_stack)?;
     }
     prepare_service(&socket, addr)?;
     socket.bind(&addr.into())?;
@@ -71,7 +74,52 @@ pub fn probe_exclusive(addr: SocketAddr) -> io::Result<()> {
     socket.bind(&addr.into())
 }
 
+/// Whether an IPv6 socket also takes IPv4 (IPV6_V6ONLY off); false for
+/// an IPv4 socket.
+pub fn is_dual_stack(fd: &impl std::os::fd::AsFd) -> bool {
+    let socket = socket2::SockRef::from(fd);
+    matches!(socket.local_addr().map(|a| a.is_ipv6()), Ok(true))
+        && !socket.only_v6().unwrap_or(true)
+}
+
+/// An address as an IPv6 socket must be given it: an IPv4 one as
+/// `::ffff:a.b.c.d` (a dual-stack socket sends it over IPv4). Unchanged
+/// for an IPv4 socket, or when it already is IPv6.
+pub fn for_socket(addr: SocketAddr, socket_is_v6: bool) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if socket_is_v6 => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        other => other,
+    }
+}
+
+/// [`for_socket`] for an address without a port (a source address).
+pub fn ip_for_socket(ip: IpAddr, socket_is_v6: bool) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if socket_is_v6 => IpAddr::V6(v4.to_ipv6_mapped()),
+        other => other,
+    }
+}
+
+/// The address a transfer socket binds for a request that came to
+/// `local` from `peer`: `local` itself, except that a request from an IPv4
+/// peer that reached a dual-stack socket without packet info (never
+/// expected) is served from 0.0.0.0, as an IPv6 transfer socket could not
+/// reach it.
+pub fn transfer_local(peer: SocketAddr, local: SocketAddr) -> SocketAddr {
+    if peer.is_ipv4() && local.is_ipv6() {
+        return SocketAddr::from((Ipv4Addr::UNSPECIFIED, local.port()));
+    }
+    local
+}
+
 pub fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    local_addr_of(fd)
+}
+
+/// [`local_addr`] of any descriptor, borrowed or owned.
+pub fn local_addr_of(fd: &impl std::os::fd::AsFd) -> io::Result<SocketAddr> {
     let socket = socket2::SockRef::from(fd);
     socket
         .local_addr()?
@@ -287,7 +335,10 @@ fn extended_errno(control: &[u8]) -> Option<u32> {
     Some(u32::from_ne_bytes(data.get(0..4)?.try_into().ok()?))
 }
 
-/// Parses a kernel `sockaddr_in`/`sockaddr_in6` from raw bytes.
+/// Parses a kernel `sockaddr_in`/`sockaddr_in6` from raw bytes. An
+/// IPv4-mapped IPv6 address (an IPv4 peer of a dual-stack socket) comes
+/// back as the IPv4 address it is, so that limits, logs and remap rules
+/// see one address per client whichever socket it reached.
 pub fn parse_sockaddr(raw: &[u8]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes([*raw.first()?, *raw.get(1)?]);
     let port = u16::from_be_bytes([*raw.get(2)?, *raw.get(3)?]);
@@ -300,6 +351,9 @@ pub fn parse_sockaddr(raw: &[u8]) -> Option<SocketAddr> {
             let flow = u32::from_be_bytes(raw.get(4..8)?.try_into().ok()?);
             let ip: [u8; 16] = raw.get(8..24)?.try_into().ok()?;
             let scope = u32::from_ne_bytes(raw.get(24..28)?.try_into().ok()?);
+            if let Some(v4) = Ipv6Addr::from(ip).to_ipv4_mapped() {
+                return Some(SocketAddr::from((v4, port)));
+            }
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(ip),
                 port,
@@ -387,6 +441,10 @@ pub fn parse_pktinfo(control: &[u8], port: u16) -> Option<SocketAddr> {
             let ip: [u8; 16] = data.get(0..16)?.try_into().ok()?;
             let ifindex = u32::from_ne_bytes(data.get(16..20)?.try_into().ok()?);
             let ip = Ipv6Addr::from(ip);
+            // An IPv4 request on a dual-stack socket (see parse_sockaddr).
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return Some(SocketAddr::from((v4, port)));
+            }
             let scope = if is_unicast_link_local(&ip) {
                 ifindex
             } else {
@@ -496,6 +554,34 @@ mod tests {
             };
             assert_eq!(parse_sockaddr(raw), Some(addr));
         }
+        // An IPv4 peer of a dual-stack socket comes back as IPv4, and is
+        // mapped again for an IPv6 socket's send.
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:69".parse().unwrap();
+        // SAFETY: plain data.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = write_sockaddr(mapped, &mut storage);
+        // SAFETY: reading the bytes we just wrote.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                (&storage as *const libc::sockaddr_storage).cast::<u8>(),
+                len as usize,
+            )
+        };
+        let v4: SocketAddr = "10.1.2.3:69".parse().unwrap();
+        assert_eq!(parse_sockaddr(raw), Some(v4));
+        assert_eq!(for_socket(v4, true), mapped);
+        assert_eq!(for_socket(v4, false), v4);
+        assert_eq!(ip_for_socket(v4.ip(), true), mapped.ip());
+        let v6: SocketAddr = "[::1]:69".parse().unwrap();
+        assert_eq!(for_socket(v6, true), v6);
+        assert_eq!(
+            transfer_local(v4, "[::]:69".parse().unwrap()),
+            "0.0.0.0:69".parse().unwrap()
+        );
+        assert_eq!(
+            transfer_local(v6, "[::1]:69".parse().unwrap()),
+            "[::1]:69".parse().unwrap()
+        );
         assert_eq!(parse_sockaddr(&[2, 0, 0]), None);
         assert_eq!(parse_sockaddr(&[]), None);
     }
@@ -507,6 +593,11 @@ mod tests {
         assert_eq!(
             parse_pktinfo(&buf[..n], 69),
             Some("[::1]:69".parse().unwrap())
+        );
+        let n = write_pktinfo("::ffff:127.0.0.2".parse().unwrap(), &mut buf);
+        assert_eq!(
+            parse_pktinfo(&buf[..n], 69),
+            Some("127.0.0.2:69".parse().unwrap())
         );
         assert_eq!(parse_pktinfo(&[0xff; 40], 69), None);
         assert_eq!(parse_pktinfo(&[0; 40], 69), None);

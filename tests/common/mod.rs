@@ -449,15 +449,32 @@ impl Server {
         Server::spawn_and_wait(cmd, listens, false, None)
     }
 
+    /// [`Server::start_command`] with `socket` on standard input, as inetd
+    /// starts a server (`wait` mode).
+    pub fn start_inetd(cmd: Command, socket: UdpSocket) -> Server {
+        let stdin = Stdio::from(std::os::fd::OwnedFd::from(socket));
+        Server::spawn_with(cmd, 1, false, None, stdin)
+    }
+
     fn spawn_and_wait(
-        mut cmd: Command,
+        cmd: Command,
         listens: usize,
         kill_group: bool,
         known_addr: Option<SocketAddr>,
     ) -> Server {
+        Server::spawn_with(cmd, listens, kill_group, known_addr, Stdio::null())
+    }
+
+    fn spawn_with(
+        mut cmd: Command,
+        listens: usize,
+        kill_group: bool,
+        known_addr: Option<SocketAddr>,
+        stdin: Stdio,
+    ) -> Server {
         let cmdline = cmdline_of(&cmd);
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
