@@ -186,10 +186,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
 
-    /// Largest blksize granted (RFC 2348); keep it under the path MTU minus
-    /// 32 (IPv4) / 52 (IPv6) for ROMs that cannot reassemble fragments.
-    #[arg(long, default_value_t = BLKSIZE_MAX, value_parser = clap::value_parser!(u16).range(i64::from(BLKSIZE_MIN)..=i64::from(BLKSIZE_MAX)))]
-    pub blksize_max: u16,
+    /// Largest blksize granted (RFC 2348), on every interface. Without it
+    /// the cap is the MTU of the interface each request came in on minus 32
+    /// (IPv4) / 52 (IPv6), so that no DATA is fragmented (many PXE ROMs
+    /// cannot reassemble fragments), at most 65464.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(i64::from(BLKSIZE_MIN)..=i64::from(BLKSIZE_MAX)))]
+    pub blksize_max: Option<u16>,
 
     /// Largest windowsize granted (RFC 7440), at most 32768 (16-bit block
     /// numbers cannot tell a larger window's ACKs apart).
@@ -575,7 +577,7 @@ impl Args {
     pub fn server_config(&self) -> ServerConfig {
         ServerConfig {
             negotiation: NegotiationLimits {
-                blksize_max: self.blksize_max,
+                blksize_max: self.blksize_max.unwrap_or(BLKSIZE_MAX),
                 windowsize_max: self.windowsize_max,
                 upload_bytes_max: self.max_upload_bytes,
                 refused: self.refused(),

@@ -248,6 +248,7 @@ fn run(
             names: Arc::clone(&shared_names),
             permissive: args.permissive,
             gso: !args.no_gso,
+            mtu_cap: args.blksize_max.is_none(),
             port_range: args.port_range,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,

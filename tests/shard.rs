@@ -63,6 +63,7 @@ impl InProcess {
             names: Default::default(),
             permissive: args.permissive,
             gso: !args.no_gso,
+            mtu_cap: args.blksize_max.is_none(),
             port_range: args.port_range,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: 1000,

@@ -14,7 +14,7 @@ complete -c uftpd -l map-test -d 'Print what each name read from standard input 
 complete -c uftpd -l user -d 'Once serving (sockets bound, rings and buffers registered, limits raised, the pid file written), switch to this user, its group and its supplementary groups for good, with no capabilities left. Needs root (or already being that user)' -r
 complete -c uftpd -l umask -d 'File-creation mask for uploads, in octal (new files are 0644 before it) [default: inherited]' -r
 complete -c uftpd -l pidfile -d 'Write the process id to this file once serving; removed at exit (when still permitted after --user)' -r -F
-complete -c uftpd -l blksize-max -d 'Largest blksize granted (RFC 2348); keep it under the path MTU minus 32 (IPv4) / 52 (IPv6) for ROMs that cannot reassemble fragments' -r
+complete -c uftpd -l blksize-max -d 'Largest blksize granted (RFC 2348), on every interface. Without it the cap is the MTU of the interface each request came in on minus 32 (IPv4) / 52 (IPv6), so that no DATA is fragmented (many PXE ROMs cannot reassemble fragments), at most 65464' -r
 complete -c uftpd -l windowsize-max -d 'Largest windowsize granted (RFC 7440), at most 32768 (16-bit block numbers cannot tell a larger window\'s ACKs apart)' -r
 complete -c uftpd -l refuse -d 'Never negotiate this option (blksize, tsize, timeout, windowsize): requests that carry it are served as if it were not there (tftpd-hpa\'s -r), for clients that mishandle it. Repeat for several' -r -f -a "blksize\t'RFC 2348: clients then get 512-byte blocks'
 tsize\t'RFC 2349: no size is announced, and an upload\'s size is not checked before it starts (--max-upload-bytes still applies as bytes arrive)'

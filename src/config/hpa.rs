@@ -517,7 +517,7 @@ mod tests {
         assert_eq!(args.umask, Some(0o027));
         assert_eq!(args.pidfile, Some(PathBuf::from("/run/x.pid")));
         assert_eq!(args.retransmit_ms, 250);
-        assert_eq!(args.blksize_max, 1468);
+        assert_eq!(args.blksize_max, Some(1468));
         assert_eq!(args.map_file, Some(PathBuf::from("/etc/map")));
         assert_eq!(args.verbose, 1);
         // Attached values, long forms with '=', abbreviations, -- and order.

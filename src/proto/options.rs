@@ -16,6 +16,25 @@ pub const OPTIONS_PARSED_MAX: usize = 16;
 /// highest block sent (see [`super::block::unwrap`]).
 pub const WINDOWSIZE_MAX: u16 = 32_768;
 
+/// Bytes of IPv4 (20), UDP (8) and TFTP DATA (4) headers around a block.
+pub const IPV4_DATA_OVERHEAD_BYTES: u32 = 32;
+/// Bytes of IPv6 (40), UDP (8) and TFTP DATA (4) headers around a block.
+pub const IPV6_DATA_OVERHEAD_BYTES: u32 = 52;
+
+/// The largest blksize whose DATA fits one unfragmented datagram on a
+/// link of `mtu_bytes`: MTU − 32 for IPv4, − 52 for IPv6, within RFC
+/// 2348's 8..=65464. Many PXE ROMs cannot reassemble fragments, so a
+/// client asking for more than its link carries is better served by this.
+pub fn blksize_for_mtu(mtu_bytes: u32, ipv6: bool) -> u16 {
+    let overhead = if ipv6 {
+        IPV6_DATA_OVERHEAD_BYTES
+    } else {
+        IPV4_DATA_OVERHEAD_BYTES
+    };
+    let fits = mtu_bytes.saturating_sub(overhead);
+    fits.clamp(u32::from(BLKSIZE_MIN), u32::from(BLKSIZE_MAX)) as u16
+}
+
 /// The operator's caps that negotiation applies.
 #[derive(Clone, Copy, Debug)]
 pub struct NegotiationLimits {
@@ -145,6 +164,22 @@ pub fn negotiate(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod mtu_tests {
+    use super::*;
+
+    #[test]
+    fn blksize_for_common_mtus() {
+        assert_eq!(blksize_for_mtu(1500, false), 1468);
+        assert_eq!(blksize_for_mtu(1500, true), 1448);
+        assert_eq!(blksize_for_mtu(9000, false), 8968);
+        // Loopback's 65536 is more than RFC 2348 allows.
+        assert_eq!(blksize_for_mtu(65_536, false), BLKSIZE_MAX);
+        assert_eq!(blksize_for_mtu(0, true), BLKSIZE_MIN);
+        assert_eq!(blksize_for_mtu(u32::MAX, true), BLKSIZE_MAX);
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use crate::cache::{Lookup, NetasciiError, PathRefusal, Upload, UploadError};
 use crate::log::{Body, Level, Record, RefusedLog, RequestLog};
 use crate::proto::endpoint::{Decision, Ignored};
 use crate::proto::netascii;
+use crate::proto::options;
 use crate::proto::refusal::{Cause, Refusal};
-use crate::proto::server::ServerSession;
+use crate::proto::server::{ServerConfig, ServerSession};
 use crate::proto::transfer::Outcome;
 use crate::proto::wire::{self, Mode, Packet, Request, RequestKind};
 use crate::remap;
@@ -49,7 +50,32 @@ pub(super) fn disk_refusal(e: UploadError) -> Refusal {
     }
 }
 
+/// Where a request came from and to: the client, the local address it
+/// was sent to, and the interface it came in on (0: unknown).
+#[derive(Clone, Copy)]
+struct Arrival {
+    peer: SocketAddr,
+    local: SocketAddr,
+    ifindex: u32,
+}
+
 impl Shard {
+    /// The server configuration for a request that came in on `ifindex`:
+    /// without `--blksize-max`, blksize is capped to what one datagram on
+    /// that interface carries unfragmented (MTU − 32 for IPv4, − 52 for
+    /// IPv6), since many PXE ROMs cannot reassemble fragments.
+    fn config_for(&mut self, local: SocketAddr, ifindex: u32, now: Instant) -> ServerConfig {
+        let mut config = self.ctx.server;
+        if let Some(mtus) = self.ctx.mtus.as_mut()
+            && let Some(mtu) = mtus.mtu(ifindex, now, net::interface_mtu)
+        {
+            let cap = options::blksize_for_mtu(mtu, local.is_ipv6());
+            let limits = &mut config.negotiation;
+            limits.blksize_max = limits.blksize_max.min(cap);
+        }
+        config
+    }
+
     pub(super) fn on_service_datagram(&mut self, service: usize, buffer: &Buffer, now: Instant) {
         let Some(svc) = self.services.get(service) else {
             return;
@@ -62,10 +88,20 @@ impl Shard {
         let received = self.io.datagram(buffer).and_then(|d| {
             raw.extend_from_slice(d.payload);
             let peer = d.peer?;
-            let local = net::parse_pktinfo(d.control, svc_addr.port()).unwrap_or(svc_addr);
-            Some((peer, net::transfer_local(peer, local), d.truncated))
+            let (local, ifindex) =
+                net::parse_pktinfo_interface(d.control, svc_addr.port()).unwrap_or((svc_addr, 0));
+            let local = net::transfer_local(peer, local);
+            Some((
+                Arrival {
+                    peer,
+                    local,
+                    ifindex,
+                },
+                d.truncated,
+            ))
         });
-        if let Some((peer, local, truncated)) = received {
+        if let Some((arrival, truncated)) = received {
+            let peer = arrival.peer;
             let c = &self.ctx.counters;
             c.packets_received.inc();
             c.bytes_received.add(raw.len() as u64);
@@ -75,7 +111,7 @@ impl Shard {
             let decision = self
                 .endpoint
                 .decide(&mut self.sessions, peer, &raw, truncated, now);
-            self.carry_out(service, peer, local, decision, &raw, now);
+            self.carry_out(service, arrival, decision, &raw, now);
         }
         self.scratch.request = raw;
     }
@@ -83,12 +119,12 @@ impl Shard {
     fn carry_out(
         &mut self,
         service: usize,
-        peer: SocketAddr,
-        local: SocketAddr,
+        arrival: Arrival,
         decision: Decision<'_>,
         raw: &[u8],
         now: Instant,
     ) {
+        let Arrival { peer, local, .. } = arrival;
         let c = &self.ctx.counters;
         // Every datagram counts once: a well-formed RRQ or WRQ (repeats
         // included), or malformed.
@@ -137,7 +173,7 @@ impl Shard {
                 if let Some(victim) = evict {
                     self.retire(victim, Outcome::Evicted);
                 }
-                self.open_session(service, peer, local, &request, raw, now);
+                self.open_session(service, arrival, &request, raw, now);
             }
         }
     }
@@ -239,12 +275,16 @@ impl Shard {
     fn open_session(
         &mut self,
         service: usize,
-        peer: SocketAddr,
-        local: SocketAddr,
+        arrival: Arrival,
         request: &Request<'_>,
         raw: &[u8],
         now: Instant,
     ) {
+        let Arrival {
+            peer,
+            local,
+            ifindex,
+        } = arrival;
         // Remap before anything resolves the name; the session then only
         // ever sees the mapped one (the debug log has the one asked for).
         let mapped;
@@ -277,9 +317,10 @@ impl Shard {
             }
         }
         let request = &request;
+        let config = self.config_for(local, ifindex, now);
         let opened = match request.kind {
-            RequestKind::Read => self.prepare_read(request, now),
-            RequestKind::Write => self.prepare_write(request, now),
+            RequestKind::Read => self.prepare_read(request, &config, now),
+            RequestKind::Write => self.prepare_write(request, &config, now),
         };
         let (session, store, payload) = match opened {
             Ok(parts) => parts,
@@ -361,6 +402,7 @@ impl Shard {
     fn prepare_read(
         &mut self,
         request: &Request<'_>,
+        config: &ServerConfig,
         now: Instant,
     ) -> Result<(ServerSession, Store, Option<Arc<dyn Payload>>), Refusal> {
         let file = self
@@ -406,7 +448,7 @@ impl Shard {
             request,
             source.len(),
             request.mode == Mode::Octet,
-            &self.ctx.server,
+            config,
             now,
         )?;
         Ok((session, Store::Read, Some(source)))
@@ -416,13 +458,14 @@ impl Shard {
     fn prepare_write(
         &mut self,
         request: &Request<'_>,
+        config: &ServerConfig,
         now: Instant,
     ) -> Result<(ServerSession, Store, Option<Arc<dyn Payload>>), Refusal> {
         let Some(policy) = &self.ctx.upload else {
             return Err(Refusal::UPLOADS_DISABLED);
         };
         // Negotiate first: a tsize over the limit is refused before any file exists.
-        let session = ServerSession::write(request, &self.ctx.server, now)?;
+        let session = ServerSession::write(request, config, now)?;
         let upload = Upload::begin(
             &self.ctx.root,
             request.filename,

@@ -15,11 +15,13 @@
 //!    after the next completions.
 //!
 //! `lifecycle.rs` ends sessions (timers, outcomes, release, shutdown);
-//! `setup.rs` sizes the ring; `slot.rs` is the per-session I/O state. All
+//! `setup.rs` sizes the ring; `slot.rs` is the per-session I/O state;
+//! `mtu.rs` remembers interface MTUs for the blksize cap. All
 //! io_uring work goes through [`crate::uring`].
 
 mod admit;
 mod lifecycle;
+mod mtu;
 mod setup;
 mod slot;
 mod transfer;
@@ -74,6 +76,9 @@ pub struct ShardSetup {
     pub permissive: bool,
     /// Send windows as UDP GSO batches (`--no-gso` turns it off).
     pub gso: bool,
+    /// Cap blksize to the MTU of the interface each request came in on
+    /// (no `--blksize-max` given).
+    pub mtu_cap: bool,
     /// Ports transfer sockets bind (`--port-range`); `None`: the kernel's.
     pub port_range: Option<PortRange>,
     pub netascii_bytes_max: u64,
@@ -205,6 +210,8 @@ struct Context {
     names_shared: Arc<SharedNames>,
     permissive: bool,
     gso: bool,
+    /// Interface MTUs, when blksize follows them (`None`: `--blksize-max`).
+    mtus: Option<mtu::MtuCache>,
     /// Where the next transfer socket's port comes from (`--port-range`).
     ports: Option<PortPicker>,
     netascii_bytes_max: u64,
@@ -307,6 +314,7 @@ impl Shard {
                 names_shared: setup.names,
                 permissive: setup.permissive,
                 gso: setup.gso,
+                mtus: setup.mtu_cap.then(mtu::MtuCache::new),
                 ports: setup
                     .port_range
                     .map(|range| PortPicker::new(range, port_seed(setup.index))),

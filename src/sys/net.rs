@@ -430,11 +430,18 @@ fn write_cmsg(out: &mut [u8; PKTINFO_CONTROL_BYTES], level: i32, kind: i32, data
 /// The local (destination) address of a received datagram, from its
 /// IP_PKTINFO / IPV6_PKTINFO control message.
 pub fn parse_pktinfo(control: &[u8], port: u16) -> Option<SocketAddr> {
+    parse_pktinfo_interface(control, port).map(|(addr, _)| addr)
+}
+
+/// [`parse_pktinfo`] and the index of the interface the datagram came in
+/// on (0 if the kernel did not say).
+pub fn parse_pktinfo_interface(control: &[u8], port: u16) -> Option<(SocketAddr, u32)> {
     for (level, kind, data) in Cmsgs::new(control) {
         if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
             // struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
+            let ifindex = u32::from_ne_bytes(data.get(0..4)?.try_into().ok()?);
             let ip: [u8; 4] = data.get(4..8)?.try_into().ok()?;
-            return Some(SocketAddr::from((Ipv4Addr::from(ip), port)));
+            return Some((SocketAddr::from((Ipv4Addr::from(ip), port)), ifindex));
         }
         if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
             // struct in6_pktinfo { in6_addr addr; unsigned ifindex; }
@@ -443,17 +450,41 @@ pub fn parse_pktinfo(control: &[u8], port: u16) -> Option<SocketAddr> {
             let ip = Ipv6Addr::from(ip);
             // An IPv4 request on a dual-stack socket (see parse_sockaddr).
             if let Some(v4) = ip.to_ipv4_mapped() {
-                return Some(SocketAddr::from((v4, port)));
+                return Some((SocketAddr::from((v4, port)), ifindex));
             }
             let scope = if is_unicast_link_local(&ip) {
                 ifindex
             } else {
                 0
             };
-            return Some(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope)));
+            return Some((
+                SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope)),
+                ifindex,
+            ));
         }
     }
     None
+}
+
+/// The MTU of interface `ifindex` (SIOCGIFMTU, by its name). ENODEV if
+/// there is no such interface (any more).
+pub fn interface_mtu(ifindex: u32) -> io::Result<u32> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
+    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    // SAFETY: a zeroed ifreq is valid; the name is NUL-terminated and fits
+    // ifr_name (both IF_NAMESIZE), and SIOCGIFMTU writes ifru_mtu only.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name = name;
+        if libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFMTU, &mut req) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        u32::try_from(req.ifr_ifru.ifru_mtu).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    }
 }
 
 fn is_unicast_link_local(ip: &Ipv6Addr) -> bool {
@@ -600,6 +631,9 @@ mod tests {
             Some("127.0.0.2:69".parse().unwrap())
         );
         assert_eq!(parse_pktinfo(&[0xff; 40], 69), None);
+        // The loopback interface is 1 in every namespace.
+        assert!(interface_mtu(1).is_ok_and(|mtu| mtu >= 1280));
+        assert!(interface_mtu(u32::MAX).is_err());
         assert_eq!(parse_pktinfo(&[0; 40], 69), None);
         assert_eq!(parse_pktinfo(&[], 69), None);
     }
