@@ -163,6 +163,13 @@ pub struct Args {
     #[arg(long)]
     pub lowercase: bool,
 
+    /// Serve each client from ROOT/ADDRESS/ (`10.0.0.7`, `fe80::1`) when
+    /// that directory exists, else from ROOT (dnsmasq's --tftp-unique-root):
+    /// per-machine configurations without remap rules. Applies after
+    /// remapping, to downloads and uploads alike.
+    #[arg(long)]
+    pub per_client_root: bool,
+
     /// Drop trailing NUL bytes and trailing bytes that are not UTF-8 from
     /// requested names (0xFF padding some boot ROMs send). Leave it off for
     /// names in 8-bit encodings such as Latin-1.
@@ -190,7 +197,8 @@ pub struct Args {
     /// the cap is the MTU of the interface each request came in on minus 32
     /// (IPv4) / 52 (IPv6), so that no DATA is fragmented (many PXE ROMs
     /// cannot reassemble fragments), at most 65464.
-    #[arg(long, value_parser = clap::value_parser!(u16).range(i64::from(BLKSIZE_MIN)..=i64::from(BLKSIZE_MAX)))]
+    /// [default: 65464, capped to each interface's MTU − 32 / − 52]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(i64::from(BLKSIZE_MIN)..=i64::from(BLKSIZE_MAX)))]
     pub blksize_max: Option<u16>,
 
     /// Largest windowsize granted (RFC 7440), at most 32768 (16-bit block

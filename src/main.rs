@@ -249,6 +249,7 @@ fn run(
             permissive: args.permissive,
             gso: !args.no_gso,
             mtu_cap: args.blksize_max.is_none(),
+            per_client_root: args.per_client_root,
             port_range: args.port_range,
             netascii_bytes_max: args.max_netascii_bytes,
             grace_ms: args.grace_ms,

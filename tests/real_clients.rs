@@ -746,6 +746,63 @@ fn path_escapes_are_refused_curl_path_as_is_gets_no_content() {
     }
 }
 
+/// A `..` that stays inside the root resolves, as tftpd-hpa serves it
+/// (PXELINUX path-prefix layouts: `pxelinux.cfg/../pxelinux.0`,
+/// `bios/../images/vmlinuz`), through every real client; one that climbs
+/// out says so.
+#[test]
+fn dot_dot_inside_the_root_is_served_by_every_client() {
+    let root = TempDir::new("dotdot");
+    let local = TempDir::new("dotdot-local");
+    std::fs::create_dir_all(root.join("pxelinux.cfg")).unwrap();
+    std::fs::create_dir_all(root.join("bios")).unwrap();
+    std::fs::create_dir_all(root.join("images")).unwrap();
+    std::fs::write(root.join("pxelinux.0"), b"pxelinux\n").unwrap();
+    std::fs::write(root.join("images/vmlinuz"), b"kernel\n").unwrap();
+    let server = Server::start(root.path(), &[]);
+    let wants: [(&str, &[u8]); 2] = [
+        ("pxelinux.cfg/../pxelinux.0", b"pxelinux\n"),
+        ("bios/../images/vmlinuz", b"kernel\n"),
+    ];
+    for (name, want) in wants {
+        let got = raw_get(server.addr(), name.as_bytes(), "octet", &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{}", server.log()));
+        assert_eq!(got.data, want, "{name}");
+        for client in [
+            Client::TftpHpa,
+            Client::Atftp,
+            Client::Busybox,
+            Client::Curl,
+        ] {
+            if !client_available(client) {
+                continue;
+            }
+            let out_path = local.join(format!("{client:?}"));
+            let _ = std::fs::remove_file(&out_path);
+            let out = run_client(
+                &mut get_command(client, server.addr(), name, &out_path, octet()),
+                CLIENT_TIMEOUT,
+            );
+            assert!(
+                client_succeeded(client, &out),
+                "{client:?} get {name}\n{}",
+                out.describe()
+            );
+            assert_file_eq(&out_path, want, &format!("{client:?} get {name}"));
+        }
+    }
+    match request_first_reply(
+        server.addr(),
+        &rrq(b"bios/../../pxelinux.0", "octet", &[]),
+        Duration::from_secs(5),
+    ) {
+        Some((Packet::Error { code: 2, msg }, _)) => {
+            assert_eq!(msg, "Outside the served directory")
+        }
+        other => panic!("a .. out of the root got {other:?}"),
+    }
+}
+
 #[test]
 fn wrq_path_escapes_are_refused_and_write_nothing_outside_root() {
     // parent/{root/, outside.txt}; links in the root point at the parent.

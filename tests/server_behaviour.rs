@@ -85,13 +85,55 @@ fn help_documents_every_flag_with_its_default() {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
     for default in [
-        "[default: 65464]",
+        "[default: 65464, capped to each interface's MTU",
         "[default: 64]",
         "[default: 1000]",
         "[default: 5]",
         "[default: 4096]",
     ] {
         assert!(help.contains(default), "--help lacks {default}:\n{help}");
+    }
+}
+
+/// `--per-client-root` (dnsmasq's --tftp-unique-root): a client whose
+/// ROOT/ADDRESS/ exists is served from there, everyone else from ROOT, and
+/// the client's directory is no way out of the root.
+#[test]
+fn per_client_root_serves_a_clients_own_directory_when_it_exists() {
+    if common::skip_on_stand_in("uftpd's --per-client-root") {
+        return;
+    }
+    let root = TempDir::new("per-client");
+    std::fs::create_dir_all(root.join("127.0.0.1")).unwrap();
+    std::fs::write(root.join("127.0.0.1/boot.cfg"), b"mine\n").unwrap();
+    std::fs::write(root.join("boot.cfg"), b"everyone\n").unwrap();
+    std::fs::write(root.join("shared.bin"), b"shared\n").unwrap();
+    let server = Server::start(root.path(), &["--per-client-root"]);
+    let from = |ip: &str, name: &[u8]| {
+        let sock = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        common::raw_get_on(
+            &sock,
+            server.addr(),
+            name,
+            "octet",
+            &[],
+            Duration::from_secs(10),
+        )
+    };
+    let mine = from("127.0.0.1", b"boot.cfg").unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    assert_eq!(mine.data, b"mine\n");
+    let other = from("127.0.0.2", b"boot.cfg").unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    assert_eq!(other.data, b"everyone\n");
+    // As in dnsmasq, the directory replaces the root for its client:
+    // files only in ROOT are not found there.
+    match from("127.0.0.1", b"shared.bin") {
+        Err(e) => assert!(e.contains("File not found"), "{e}"),
+        Ok(got) => panic!("served {:?} from ROOT", got.data),
+    }
+    match from("127.0.0.1", b"../boot.cfg") {
+        Err(e) => assert!(e.contains("Outside the served directory"), "{e}"),
+        Ok(got) => panic!("served {:?} from above the client's directory", got.data),
     }
 }
 

@@ -14,7 +14,7 @@ complete -c uftpd -l map-test -d 'Print what each name read from standard input 
 complete -c uftpd -l user -d 'Once serving (sockets bound, rings and buffers registered, limits raised, the pid file written), switch to this user, its group and its supplementary groups for good, with no capabilities left. Needs root (or already being that user)' -r
 complete -c uftpd -l umask -d 'File-creation mask for uploads, in octal (new files are 0644 before it) [default: inherited]' -r
 complete -c uftpd -l pidfile -d 'Write the process id to this file once serving; removed at exit (when still permitted after --user)' -r -F
-complete -c uftpd -l blksize-max -d 'Largest blksize granted (RFC 2348), on every interface. Without it the cap is the MTU of the interface each request came in on minus 32 (IPv4) / 52 (IPv6), so that no DATA is fragmented (many PXE ROMs cannot reassemble fragments), at most 65464' -r
+complete -c uftpd -l blksize-max -d 'Largest blksize granted (RFC 2348), on every interface. Without it the cap is the MTU of the interface each request came in on minus 32 (IPv4) / 52 (IPv6), so that no DATA is fragmented (many PXE ROMs cannot reassemble fragments), at most 65464. [default: 65464, capped to each interface\'s MTU − 32 / − 52]' -r
 complete -c uftpd -l windowsize-max -d 'Largest windowsize granted (RFC 7440), at most 32768 (16-bit block numbers cannot tell a larger window\'s ACKs apart)' -r
 complete -c uftpd -l refuse -d 'Never negotiate this option (blksize, tsize, timeout, windowsize): requests that carry it are served as if it were not there (tftpd-hpa\'s -r), for clients that mishandle it. Repeat for several' -r -f -a "blksize\t'RFC 2348: clients then get 512-byte blocks'
 tsize\t'RFC 2349: no size is announced, and an upload\'s size is not checked before it starts (--max-upload-bytes still applies as bytes arrive)'
@@ -53,6 +53,7 @@ complete -c uftpd -l overwrite -d 'Let uploads replace any existing regular file
 complete -c uftpd -l allow-root-uploads -d 'Accept uploads (--create, --overwrite) while running as root. Without it uftpd refuses to start with uploads enabled as root unless --user drops privileges: every client could write files owned by root'
 complete -c uftpd -l permissive -d 'Also serve files that others may not read (no o+r bit). Without it such a file gets ERROR 2, as tftpd-hpa does without -p: a file someone made private is not published by accident'
 complete -c uftpd -l lowercase -d 'Lower-case ASCII letters in requested names before anything else looks at them (dnsmasq\'s --tftp-lowercase), for ROMs that shout'
+complete -c uftpd -l per-client-root -d 'Serve each client from ROOT/ADDRESS/ (`10.0.0.7`, `fe80::1`) when that directory exists, else from ROOT (dnsmasq\'s --tftp-unique-root): per-machine configurations without remap rules. Applies after remapping, to downloads and uploads alike'
 complete -c uftpd -l strip-trailing-garbage -d 'Drop trailing NUL bytes and trailing bytes that are not UTF-8 from requested names (0xFF padding some boot ROMs send). Leave it off for names in 8-bit encodings such as Latin-1'
 complete -c uftpd -s v -l verbose -d 'Log more: -v adds each request as it arrives and UEFI size probes (debug). By default every finished transfer and every refusal is logged (info)'
 complete -c uftpd -s q -l quiet -d 'Log only warnings and errors (no line per transfer)'

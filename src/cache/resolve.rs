@@ -25,6 +25,9 @@ pub enum PathRefusal {
     /// would block until a writer came, a device open can have effects).
     NotRegular,
     NameTooLong,
+    /// A `..` that climbs above the root, or a symlink that points out of
+    /// it (openat2's EXDEV).
+    OutsideRoot,
     /// The process is out of file descriptors (EMFILE/ENFILE): not the
     /// client's fault, and worth retrying.
     NoDescriptors,
@@ -39,8 +42,13 @@ pub enum PathRefusal {
 }
 
 /// Cleans a request's name into a path relative to the root: `/x` and `x`
-/// mean the same file, Windows clients' `\` separators become `/`. Refuses
-/// control characters, `..` components and overlong names.
+/// mean the same file, Windows clients' `\` separators become `/`, and a
+/// `..` takes the component before it away (`pxelinux.cfg/../pxelinux.0`
+/// is `pxelinux.0`, as PXELINUX path-prefix layouts ask and tftpd-hpa
+/// serves). Refuses a `..` that would leave the root, control characters
+/// and overlong names. `..` is resolved here, by name, so that what follows
+/// (openat2 with RESOLVE_BENEATH, the upload directory check) only ever
+/// sees a name without one.
 pub fn relative_name(name: &[u8], out: &mut Vec<u8>) -> Result<(), PathRefusal> {
     out.clear();
     if name.len() > FILENAME_BYTES_MAX {
@@ -49,7 +57,13 @@ pub fn relative_name(name: &[u8], out: &mut Vec<u8>) -> Result<(), PathRefusal> 
     for component in name.split(|&b| b == b'/' || b == b'\\') {
         match component {
             b"" | b"." => continue,
-            b".." => return Err(PathRefusal::AccessViolation),
+            b".." => {
+                if out.is_empty() {
+                    return Err(PathRefusal::OutsideRoot);
+                }
+                let keep = out.iter().rposition(|&b| b == b'/').unwrap_or(0);
+                out.truncate(keep);
+            }
             c if c.iter().any(|&b| b < 0x20 || b == 0x7f) => {
                 return Err(PathRefusal::AccessViolation);
             }
@@ -75,6 +89,8 @@ pub fn refusal_for(err: &io::Error) -> PathRefusal {
         Some(libc::EISDIR) => PathRefusal::IsDirectory,
         Some(libc::ENAMETOOLONG) => PathRefusal::NameTooLong,
         Some(libc::EACCES) | Some(libc::EPERM) => PathRefusal::PermissionDenied,
+        // RESOLVE_BENEATH: the path would leave the root (a symlink out).
+        Some(libc::EXDEV) => PathRefusal::OutsideRoot,
         _ => PathRefusal::AccessViolation,
     }
 }
@@ -116,6 +132,21 @@ impl Root {
 
     pub fn fd(&self) -> RawFd {
         self.dir.as_raw_fd()
+    }
+
+    /// Whether `name` (one component: no `/`, no `..`) is a directory
+    /// right under the root. Symlinks are followed only within the root.
+    pub fn has_directory(&self, name: &[u8], scratch: &mut Vec<u8>) -> bool {
+        if name.is_empty() || name.contains(&b'/') || name == b".." || name == b"." {
+            return false;
+        }
+        if relative_name(name, scratch).is_err() {
+            return false;
+        }
+        let Ok(path) = as_c_path(scratch) else {
+            return false;
+        };
+        open_beneath(self.fd(), path, libc::O_PATH | libc::O_DIRECTORY, 0).is_ok()
     }
 
     /// Opens a regular file for reading, without ever blocking or touching
@@ -177,9 +208,18 @@ mod tests {
         assert_eq!(rel(b"boot//x").unwrap(), b"boot/x");
         assert_eq!(rel(b"\\Boot\\BCD").unwrap(), b"Boot/BCD");
         assert_eq!(rel(b"./a/./b").unwrap(), b"a/b");
-        assert_eq!(rel(b"../etc/passwd"), Err(PathRefusal::AccessViolation));
-        assert_eq!(rel(b"a/../../b"), Err(PathRefusal::AccessViolation));
-        assert_eq!(rel(b"a\\..\\b"), Err(PathRefusal::AccessViolation));
+        // A `..` that stays inside the root takes a component away.
+        assert_eq!(rel(b"pxelinux.cfg/../pxelinux.0").unwrap(), b"pxelinux.0");
+        assert_eq!(rel(b"bios/../images/vmlinuz").unwrap(), b"images/vmlinuz");
+        assert_eq!(rel(b"a\\..\\b").unwrap(), b"b");
+        assert_eq!(rel(b"a/b/c/../../d").unwrap(), b"a/d");
+        assert_eq!(rel(b"a/./../b/").unwrap(), b"b");
+        // One that leaves it is refused, wherever it is.
+        assert_eq!(rel(b"../etc/passwd"), Err(PathRefusal::OutsideRoot));
+        assert_eq!(rel(b"/../etc/passwd"), Err(PathRefusal::OutsideRoot));
+        assert_eq!(rel(b"a/../../b"), Err(PathRefusal::OutsideRoot));
+        assert_eq!(rel(b".."), Err(PathRefusal::OutsideRoot));
+        assert_eq!(rel(b"a/.."), Err(PathRefusal::AccessViolation));
         assert_eq!(rel(b"a\nb"), Err(PathRefusal::AccessViolation));
         assert_eq!(rel(b"/"), Err(PathRefusal::AccessViolation));
         assert_eq!(

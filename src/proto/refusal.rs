@@ -77,6 +77,12 @@ impl Refusal {
         "Access violation",
         Cause::Access,
     );
+    /// A `..` above the root, or a symlink out of it.
+    pub const OUTSIDE_ROOT: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Outside the served directory",
+        Cause::Access,
+    );
     pub const IS_DIRECTORY: Refusal =
         Refusal::new(ErrorCode::AccessViolation, "Is a directory", Cause::Access);
     pub const NOT_REGULAR: Refusal = Refusal::new(

@@ -30,6 +30,7 @@ pub(super) fn path_refusal(r: PathRefusal) -> Refusal {
         PathRefusal::AccessViolation => Refusal::ACCESS,
         PathRefusal::PermissionDenied => Refusal::PERMISSION_DENIED,
         PathRefusal::IsDirectory => Refusal::IS_DIRECTORY,
+        PathRefusal::OutsideRoot => Refusal::OUTSIDE_ROOT,
         PathRefusal::NotRegular => Refusal::NOT_REGULAR,
         PathRefusal::NameTooLong => Refusal::NAME_TOO_LONG,
         PathRefusal::NoDescriptors | PathRefusal::Busy => Refusal::BUSY,
@@ -48,6 +49,37 @@ pub(super) fn disk_refusal(e: UploadError) -> Refusal {
             Refusal::new(wire::ErrorCode::NotDefined, "Write failed", Cause::Disk)
         }
     }
+}
+
+/// `ADDRESS/NAME` for a client whose directory `ROOT/ADDRESS` exists
+/// (`--per-client-root`), else `None` (the name is served from ROOT). The
+/// name is cleaned first, so that its `..` cannot climb out of the
+/// client's directory into ROOT or another client's.
+fn per_client_name(
+    root: &crate::cache::Root,
+    client: std::net::IpAddr,
+    name: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Result<Option<Vec<u8>>, PathRefusal> {
+    use std::io::Write;
+    // The longest IPv6 text is 45 bytes.
+    let mut text = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    if write!(cursor, "{client}").is_err() {
+        return Ok(None);
+    }
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    let dir = text.get(..len).unwrap_or_default();
+    if !root.has_directory(dir, scratch) {
+        return Ok(None);
+    }
+    let mut cleaned = Vec::with_capacity(name.len());
+    crate::cache::resolve::relative_name(name, &mut cleaned)?;
+    let mut out = Vec::with_capacity(dir.len() + 1 + cleaned.len());
+    out.extend_from_slice(dir);
+    out.push(b'/');
+    out.extend_from_slice(&cleaned);
+    Ok(Some(out))
 }
 
 /// Where a request came from and to: the client, the local address it
@@ -312,6 +344,26 @@ impl Shard {
                         remap::Refusal::TooLong => (Refusal::NAME_TOO_LONG, None),
                     };
                     self.refuse_saying(service, peer, local, refusal, raw, message);
+                    return;
+                }
+            }
+        }
+        // dnsmasq's --tftp-unique-root: ROOT/ADDRESS/ when it exists.
+        let prefixed;
+        if self.ctx.per_client_root {
+            match per_client_name(
+                &self.ctx.root,
+                peer.ip(),
+                request.filename,
+                &mut self.scratch.name,
+            ) {
+                Ok(Some(name)) => {
+                    prefixed = name;
+                    request.filename = &prefixed;
+                }
+                Ok(None) => {}
+                Err(r) => {
+                    self.refuse(service, peer, local, path_refusal(r), raw);
                     return;
                 }
             }

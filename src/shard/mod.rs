@@ -79,6 +79,8 @@ pub struct ShardSetup {
     /// Cap blksize to the MTU of the interface each request came in on
     /// (no `--blksize-max` given).
     pub mtu_cap: bool,
+    /// Serve a client from ROOT/ADDRESS/ when it exists (`--per-client-root`).
+    pub per_client_root: bool,
     /// Ports transfer sockets bind (`--port-range`); `None`: the kernel's.
     pub port_range: Option<PortRange>,
     pub netascii_bytes_max: u64,
@@ -212,6 +214,7 @@ struct Context {
     gso: bool,
     /// Interface MTUs, when blksize follows them (`None`: `--blksize-max`).
     mtus: Option<mtu::MtuCache>,
+    per_client_root: bool,
     /// Where the next transfer socket's port comes from (`--port-range`).
     ports: Option<PortPicker>,
     netascii_bytes_max: u64,
@@ -315,6 +318,7 @@ impl Shard {
                 permissive: setup.permissive,
                 gso: setup.gso,
                 mtus: setup.mtu_cap.then(mtu::MtuCache::new),
+                per_client_root: setup.per_client_root,
                 ports: setup
                     .port_range
                     .map(|range| PortPicker::new(range, port_seed(setup.index))),
