@@ -535,10 +535,19 @@ impl Args {
     }
 
     /// The addresses to serve on, each once, in the order given.
-    /// The configuration error in the listen addresses, if any: an IPv4
-    /// address with --ipv6-only (the wildcard pairs `[::]` and `:PORT`
-    /// stand for just drop their IPv4 half).
+    /// The configuration error in the addresses and ports, if any: an
+    /// IPv4 address with --ipv6-only (the wildcard pairs `[::]` and `:PORT`
+    /// stand for just drop their IPv4 half), or transfer ports below 1024
+    /// with --user (the switch leaves no capability to bind them).
     pub fn listen_refusal(&self) -> Option<String> {
+        if let (Some(user), Some(range)) = (&self.user, self.port_range)
+            && range.lo < 1024
+        {
+            return Some(format!(
+                "--port-range {range} with --user {user}: once it is {user}, uftpd can no \
+                 longer bind transfer ports below 1024; use ports from 1024 up"
+            ));
+        }
         if !self.ipv6_only {
             return None;
         }
@@ -714,6 +723,12 @@ mod tests {
         let a = args("--ipv6-only --listen [::1]:70 --listen 127.0.0.1:70");
         assert!(a.listen_refusal().unwrap().contains("127.0.0.1:70"));
         assert_eq!(args("--listen 127.0.0.1:70").listen_refusal(), None);
+        let a = args("--user tftp --port-range 69:2000");
+        assert!(a.listen_refusal().unwrap().contains("below 1024"));
+        assert_eq!(
+            args("--user tftp --port-range 1024:2000").listen_refusal(),
+            None
+        );
     }
 
     #[test]

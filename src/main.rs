@@ -220,6 +220,7 @@ fn run(
     let root = Arc::new(root);
     let control = Arc::new(Control::default());
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let kept = capabilities_kept(&args);
     // One eventfd per shard: a shard re-arms its read after a wake, and a
     // shared counter would let one shard take another's wake-up.
     let mut wakes: Vec<EventFd> = Vec::with_capacity(shards);
@@ -268,6 +269,7 @@ fn run(
             .then(|| cpus.get(index % cpus.len().max(1)).copied())
             .flatten();
         let ready = ready_tx.clone();
+        let capabilities = kept.clone();
         let thread = std::thread::Builder::new()
             .name(format!("uftpd-shard-{index}"))
             .spawn(move || {
@@ -276,6 +278,15 @@ fn run(
                 }
                 match Shard::new(setup) {
                     Ok(shard) => {
+                        // Its ring and buffers are registered: what the
+                        // shard does from here needs no privilege.
+                        if let Some(keep) = &capabilities
+                            && let Err(e) = process::drop_thread_capabilities(keep)
+                        {
+                            let message = format!("shard {index}: cannot drop capabilities: {e}");
+                            let _ = ready.send(Err(message.clone()));
+                            return Err(message);
+                        }
                         let _ = ready.send(Ok(()));
                         shard.run().map_err(|e| format!("shard {index}: {e}"))
                     }
@@ -325,6 +336,19 @@ fn run(
             user.name.to_string_lossy(),
             user.uid
         );
+    }
+    // Without root, and as the --user it switched to: none but `kept`.
+    let check = match (&kept, &user) {
+        (Some(keep), _) => Some(keep.as_slice()),
+        (None, Some(_)) => Some(&[][..]),
+        (None, None) => None,
+    };
+    if let Some(keep) = check
+        && let Err(message) = check_capabilities(keep)
+    {
+        control.hurry();
+        wake_shards(&wakes);
+        return Err(message);
     }
     for addr in &bound {
         match origin {
@@ -601,6 +625,49 @@ fn print_totals(counters: &[Arc<ShardCounters>]) {
     }
     let fields: Vec<String> = total.fields().map(|(k, v, _)| format!("{k}={v}")).collect();
     uftpd::log_info!("totals: {}", fields.join(" "));
+}
+
+/// The capabilities every thread keeps once serving when uftpd runs
+/// without root (systemd's AmbientCapabilities=, setcap): only binding
+/// transfer ports below 1024 (--port-range) needs one. `None` as root:
+/// with --user the switch clears every thread's capabilities (a thread that
+/// had dropped CAP_SETUID first would make glibc abort the switch), and
+/// without --user root keeps what root has.
+fn capabilities_kept(args: &Args) -> Option<Vec<u32>> {
+    if process::effective_uid() == 0 {
+        return None;
+    }
+    let low_ports = args.port_range.is_some_and(|r| r.lo < 1024);
+    Some(if low_ports {
+        vec![process::CAP_NET_BIND_SERVICE]
+    } else {
+        Vec::new()
+    })
+}
+
+/// Drops the main thread's capabilities but `keep`, then checks that no
+/// thread of the process holds more (a thread spawned with them and never
+/// dropped would be a hole), and says what is kept.
+fn check_capabilities(keep: &[u32]) -> Result<(), String> {
+    process::drop_thread_capabilities(keep)
+        .map_err(|e| format!("cannot drop capabilities: {e}"))?;
+    let allowed: u64 = keep.iter().fold(0, |m, &bit| m | (1u64 << bit));
+    match process::thread_capabilities() {
+        Ok(threads) => {
+            if let Some(extra) = threads.iter().find(|&&caps| caps & !allowed != 0) {
+                return Err(format!(
+                    "a thread still holds capabilities {extra:#x} after dropping them"
+                ));
+            }
+        }
+        Err(e) => uftpd::log_warn!("cannot check the threads' capabilities: {e}"),
+    }
+    if keep.is_empty() {
+        uftpd::log_info!("no capabilities kept");
+    } else {
+        uftpd::log_info!("keeping CAP_NET_BIND_SERVICE only (--port-range below 1024)");
+    }
+    Ok(())
 }
 
 /// How long the server has had no session and received no packet, from

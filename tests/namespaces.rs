@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::*;
 
-/// Runs `script` with sh in a network namespace of its own, its loopback
-/// up, with UFTPD, ROOT and LOGS set; None when namespaces are not
+/// Runs `script` with sh in network and PID namespaces of its own, its
+/// loopback up, with UFTPD, ROOT and LOGS set; None when namespaces are not
 /// available here (the caller skips).
 fn in_namespace(
     script: &str,
@@ -26,7 +26,7 @@ fn in_namespace(
         }
     }
     let probe = Command::new("unshare")
-        .args(["--net", "true"])
+        .args(["--net", "--pid", "--fork", "--mount-proc", "true"])
         .status()
         .is_ok_and(|s| s.success());
     if !probe {
@@ -40,7 +40,21 @@ fn in_namespace(
     );
     Some(run_client(
         Command::new("timeout")
-            .args(["60", "unshare", "--net", "sh", "-c", &script])
+            // A PID namespace too: when the script ends, the kernel ends
+            // every process left in it, so none outlives the test holding
+            // its pipes.
+            .args([
+                "60",
+                "unshare",
+                "--net",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "--kill-child",
+                "sh",
+                "-c",
+                &script,
+            ])
             .env("UFTPD", env!("CARGO_BIN_EXE_uftpd"))
             .env("ROOT", root)
             .env("LOGS", logs),
@@ -156,4 +170,93 @@ kill $pid; wait $pid
     for got in ["v4", "v6", "operator"] {
         assert_file_eq(&dir.join(got), &want, got);
     }
+}
+
+/// Started without root, with only the capabilities systemd's
+/// `AmbientCapabilities=` would give (port 69, locked memory), uftpd
+/// binds port 69 and then holds no capability in any thread; with a
+/// `--port-range` below 1024 it keeps CAP_NET_BIND_SERVICE alone, which
+/// its transfers need. Read from /proc for every thread.
+#[test]
+fn without_root_no_thread_keeps_a_capability_it_does_not_need() {
+    if skip_on_stand_in("uftpd's capabilities")
+        || skip_if_missing("setpriv")
+        || skip_if_missing("curl")
+    {
+        return;
+    }
+    let dir = TempDir::new("caps");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("boot.txt"), b"booted\n").unwrap();
+    // nobody must reach the root and the logs.
+    use std::os::unix::fs::PermissionsExt;
+    for d in [dir.path(), root.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let script = r#"
+caps() { for t in /proc/$1/task/*; do echo "$2 $(grep -h '^Cap\(Eff\|Prm\|Amb\)' $t/status | tr -s '\t\n' '  ')"; done; }
+as_nobody() { exec setpriv --reuid 65534 --regid 65534 --clear-groups --inh-caps +net_bind_service,+ipc_lock --ambient-caps +net_bind_service,+ipc_lock "$@"; }
+(as_nobody "$UFTPD" --listen 127.0.0.1:69 --cores 2 --stats 127.0.0.1:0 "$ROOT" 2>"$LOGS/plain.log") & pid=$!
+up "$LOGS/plain.log" 1
+echo "plain: $(curl -s --max-time 10 tftp://127.0.0.1:69/boot.txt)"
+caps $pid plain
+kill $pid; wait $pid
+(as_nobody "$UFTPD" --listen 127.0.0.1:69 --port-range 600:700 --cores 2 --no-stats "$ROOT" 2>"$LOGS/range.log") & pid=$!
+up "$LOGS/range.log" 1
+echo "range: $(curl -s --max-time 10 tftp://127.0.0.1:69/boot.txt)"
+caps $pid range
+kill $pid; wait $pid
+"#;
+    let Some(out) = in_namespace(script, &root, dir.path()) else {
+        return;
+    };
+    let all = format!(
+        "{}\n{}\n{}",
+        out.describe(),
+        std::fs::read_to_string(dir.join("plain.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.join("range.log")).unwrap_or_default()
+    );
+    assert!(out.stdout.contains("plain: booted"), "{all}");
+    assert!(out.stdout.contains("range: booted"), "{all}");
+    let threads = |tag: &str| -> Vec<String> {
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{tag} Cap")))
+            .map(str::to_string)
+            .collect()
+    };
+    let plain = threads("plain");
+    // main, log, two shards, two stats threads.
+    assert!(plain.len() >= 6, "{all}");
+    for line in &plain {
+        assert_eq!(
+            line.matches("0000000000000000").count(),
+            3,
+            "a thread keeps a capability: {line}\n{all}"
+        );
+    }
+    let range = threads("range");
+    // CAP_NET_BIND_SERVICE is bit 10: effective and permitted in the main
+    // thread and the shards (which bind the transfer ports), nothing in
+    // the threads that never bind (logging), no ambient set anywhere.
+    let keeping = range
+        .iter()
+        .filter(|l| l.matches("0000000000000400").count() == 2)
+        .count();
+    assert!(keeping >= 3, "{all}");
+    for line in &range {
+        for set in line.split_whitespace().filter(|w| w.len() == 16) {
+            assert!(
+                set == "0000000000000400" || set == "0000000000000000",
+                "{line}\n{all}"
+            );
+        }
+        assert!(line.contains("CapAmb: 0000000000000000"), "{line}\n{all}");
+    }
+    assert!(
+        std::fs::read_to_string(dir.join("range.log"))
+            .unwrap_or_default()
+            .contains("keeping CAP_NET_BIND_SERVICE only")
+    );
 }

@@ -39,7 +39,15 @@ pub fn spawn(style: Style, rx: Receiver<Record>, syslog: bool) -> std::io::Resul
     let (flush_tx, flush_rx) = mpsc::channel::<Sender<()>>();
     let thread = std::thread::Builder::new()
         .name("uftpd-log".into())
-        .spawn(move || run(style, rx, syslog, flush_rx))?;
+        .spawn(move || {
+            // Writing lines needs no privilege: without root, drop what
+            // capabilities the thread was given (as root --user's switch
+            // clears them; glibc aborts when a thread cannot follow it).
+            if crate::sys::process::effective_uid() != 0 {
+                let _ = crate::sys::process::drop_thread_capabilities(&[]);
+            }
+            run(style, rx, syslog, flush_rx)
+        })?;
     Ok(Sink {
         thread: Some(thread),
         flush: flush_tx,

@@ -119,6 +119,13 @@ pub fn spawn(listener: TcpListener, config: StatsConfig, history: Arc<History>) 
     std::thread::Builder::new()
         .name("uftpd-stats-tick".into())
         .spawn(move || {
+            // Without root these threads drop what capabilities they were
+            // given (they are per thread). As root they keep them until
+            // --user's switch clears them: glibc aborts when a thread
+            // cannot follow a setuid.
+            if crate::sys::process::effective_uid() != 0 {
+                let _ = crate::sys::process::drop_thread_capabilities(&[]);
+            }
             let mut next = Instant::now();
             loop {
                 sampler.tick(Instant::now());
@@ -133,7 +140,13 @@ pub fn spawn(listener: TcpListener, config: StatsConfig, history: Arc<History>) 
     let config = Arc::new(config);
     std::thread::Builder::new()
         .name("uftpd-stats".into())
-        .spawn(move || accept_loop(listener, config, history))?;
+        .spawn(move || {
+            // Connection threads inherit this thread's empty sets.
+            if crate::sys::process::effective_uid() != 0 {
+                let _ = crate::sys::process::drop_thread_capabilities(&[]);
+            }
+            accept_loop(listener, config, history)
+        })?;
     Ok(())
 }
 
