@@ -83,7 +83,8 @@ pub struct Args {
     /// an address alone (port 69), `:PORT` or `PORT` alone (0.0.0.0 and
     /// [::]), `localhost[:PORT]` (127.0.0.1). Port 0 picks a free port.
     /// `[::]` is dual-stack: it serves IPv4 clients too (0.0.0.0 beside an
-    /// IPv6-only [::]); any other IPv6 address serves IPv6 only. Not with
+    /// IPv6-only [::]); any other IPv6 address serves IPv6 only. A
+    /// link-local address names its interface: `[fe80::1%eth0]:69`. Not with
     /// socket activation (LISTEN_FDS), which uses systemd's sockets.
     /// [default: 0.0.0.0:69 and [::]:69]
     // `[::]` is an address for --help, not a rustdoc link.

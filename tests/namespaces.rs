@@ -260,3 +260,40 @@ kill $pid; wait $pid
             .contains("keeping CAP_NET_BIND_SERVICE only")
     );
 }
+
+/// A link-local address names its interface (`[fe80::1%v0]:69`, by name
+/// or index): uftpd binds it and serves a client on the other end of a
+/// veth pair, replies leaving through that interface.
+#[test]
+fn link_local_addresses_with_a_scope_are_served() {
+    if skip_on_stand_in("uftpd's link-local listen") || skip_if_missing("curl") {
+        return;
+    }
+    let dir = TempDir::new("link-local");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("boot.txt"), b"booted\n").unwrap();
+    let script = r#"
+ip link add v0 type veth peer name v1
+ip link set v0 up
+ip link set v1 up
+ip addr add fe80::1/64 dev v0 nodad
+ip addr add fe80::2/64 dev v1 nodad
+"$UFTPD" --listen '[fe80::1%v0]:69' --cores 2 --no-stats "$ROOT" 2>"$LOGS/ll.log" & pid=$!
+up "$LOGS/ll.log" 1
+i=0; until [ $i -ge 20 ]; do got=$(curl -s --max-time 2 -g 'tftp://[fe80::1%25v1]:69/boot.txt') && break; i=$((i+1)); sleep 0.2; done
+echo "link-local: $got"
+kill $pid; wait $pid
+"#;
+    let Some(out) = in_namespace(script, &root, dir.path()) else {
+        return;
+    };
+    let log = std::fs::read_to_string(dir.join("ll.log")).unwrap_or_default();
+    assert!(
+        out.stdout.contains("link-local: booted"),
+        "{}\n{log}",
+        out.describe()
+    );
+    assert!(log.contains("listening on [fe80::1%"), "{log}");
+    assert!(log.contains("to [fe80::2%"), "{log}");
+}

@@ -412,6 +412,11 @@ pub fn address_list(text: &str, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr
             .parse()
             .map_err(|_| bad("the port is not a number from 0 to 65535"))?,
     };
+    // A link-local address names its interface: `fe80::1%eth0`, `%2`.
+    let (host, scope) = match host.split_once('%') {
+        Some((h, zone)) => (h, Some(zone)),
+        None => (host, None),
+    };
     let ips: Vec<IpAddr> = match host {
         "" if ipv4 => vec![Ipv4Addr::UNSPECIFIED.into()],
         "" if ipv6 => vec![Ipv6Addr::UNSPECIFIED.into()],
@@ -438,10 +443,34 @@ pub fn address_list(text: &str, ipv4: bool, ipv6: bool) -> Result<Vec<SocketAddr
             return Err(bad("the address is of the other family than -4/-6 asks"));
         }
     }
+    let scope_id = match (scope, ips.as_slice()) {
+        (None, _) => 0,
+        (Some(zone), [IpAddr::V6(ip)]) if ip.is_unicast_link_local() => scope_id(zone)?,
+        (Some(_), _) => {
+            return Err(bad(
+                "a %INTERFACE scope belongs only to an IPv6 link-local address (fe80::/10)",
+            ));
+        }
+    };
     Ok(ips
         .into_iter()
-        .map(|ip| SocketAddr::new(ip, port))
+        .map(|ip| match ip {
+            IpAddr::V6(v6) => SocketAddr::V6(std::net::SocketAddrV6::new(v6, port, 0, scope_id)),
+            IpAddr::V4(_) => SocketAddr::new(ip, port),
+        })
         .collect())
+}
+
+/// The interface index a `%ZONE` names: a number, or an interface name
+/// looked up in the system (the only lookup this parser makes).
+fn scope_id(zone: &str) -> Result<u32, String> {
+    if let Ok(n) = zone.parse::<u32>()
+        && n > 0
+    {
+        return Ok(n);
+    }
+    crate::sys::net::interface_index(zone)
+        .map_err(|_| format!("%{zone}: no such network interface"))
 }
 
 /// Bytes of an argument for a message.
@@ -623,6 +652,24 @@ mod tests {
             listen_addrs("0.0.0.0:tftp", false, false).unwrap(),
             addrs(&["0.0.0.0:69"])
         );
+        // Link-local, with the interface as a number or a name (lo is 1
+        // in every network namespace).
+        assert_eq!(
+            listen_addrs("[fe80::1%1]:70", false, false).unwrap(),
+            vec![SocketAddr::V6(std::net::SocketAddrV6::new(
+                "fe80::1".parse().unwrap(),
+                70,
+                0,
+                1
+            ))]
+        );
+        assert_eq!(
+            listen_addrs("fe80::1%lo", false, false).unwrap(),
+            listen_addrs("[fe80::1%1]:69", false, false).unwrap()
+        );
+        assert!(listen_addrs("[fe80::1%nosuch0]:69", false, false).is_err());
+        assert!(listen_addrs("[::1%1]:69", false, false).is_err());
+        assert!(listen_addrs("127.0.0.1%1", false, false).is_err());
         assert!(listen_addrs("[::1", false, false).is_err());
         assert!(listen_addrs("[::1]x", false, false).is_err());
     }

@@ -466,6 +466,18 @@ pub fn parse_pktinfo_interface(control: &[u8], port: u16) -> Option<(SocketAddr,
     None
 }
 
+/// The index of the interface called `name` (`eth0`), for a link-local
+/// address's scope.
+pub fn interface_index(name: &str) -> io::Result<u32> {
+    let name =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
 /// The MTU of interface `ifindex` (SIOCGIFMTU, by its name). ENODEV if
 /// there is no such interface (any more).
 pub fn interface_mtu(ifindex: u32) -> io::Result<u32> {
