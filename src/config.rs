@@ -44,8 +44,14 @@ pub const UNVERIFIED_QUIET_WAITS: u32 = 2;
 )]
 pub struct Args {
     /// Directory to serve; nothing outside it is ever read or written.
-    #[arg(required_unless_present_any = ["map_test", "generate_man", "generate_completions"])]
+    #[arg(required_unless_present_any = ["map_test", "generate_man", "generate_completions", "absolute_dir"])]
     pub root: Option<PathBuf>,
+
+    /// Instead of ROOT: serve absolute names under DIR, a request for
+    /// DIR/x being x in DIR (tftpd-hpa without -s); repeat for several
+    /// directories, tried in order. Relative names are refused.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["root", "per_client_root"])]
+    pub absolute_dir: Vec<PathBuf>,
 
     /// Write the man page (uftpd.8) into DIR and exit (for packaging).
     #[arg(long, value_name = "DIR", hide = true, exclusive = true)]

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use uftpd::cache::{FileCache, Root, UploadLocks};
+use uftpd::cache::resolve::ABSOLUTE_DIRS_MAX;
+use uftpd::cache::{FileCache, Root, Roots, UploadLocks};
 use uftpd::config::{self, Args, hpa, sizes};
 use uftpd::log::{Logger, Style, sink};
 use uftpd::remap::{self, NameMap, Rules, SharedNames};
@@ -169,12 +170,7 @@ fn run(
         process::set_umask(mask);
     }
     let shared_names = Arc::new(SharedNames::new(names.clone()));
-    // clap requires ROOT unless --map-test, which never gets here.
-    let root_path = args
-        .root
-        .clone()
-        .ok_or("no ROOT given (see uftpd --help)")?;
-    let root = Root::open(&root_path).map_err(|e| format!("root {}: {e}", root_path.display()))?;
+    let (root, serving) = open_roots(&args)?;
 
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -378,7 +374,7 @@ fn run(
             path.display()
         );
     }
-    uftpd::log_info!("serving {} with {shards} shards", root_path.display());
+    uftpd::log_info!("serving {serving} with {shards} shards");
 
     // Signals are blocked in every thread and taken here. SIGINT/SIGTERM:
     // drain (a second one ends the grace period); SIGHUP: reload; SIGUSR1:
@@ -668,6 +664,55 @@ fn check_capabilities(keep: &[u32]) -> Result<(), String> {
         uftpd::log_info!("keeping CAP_NET_BIND_SERVICE only (--port-range below 1024)");
     }
     Ok(())
+}
+
+/// ROOT, or the --absolute-dir directories, opened; and how to name them
+/// in the log.
+fn open_roots(args: &Args) -> Result<(Roots, String), String> {
+    if args.absolute_dir.is_empty() {
+        // clap requires ROOT unless --absolute-dir or --map-test (which
+        // never gets here).
+        let path = args
+            .root
+            .clone()
+            .ok_or("no ROOT given (see uftpd --help)")?;
+        let root = Root::open(&path).map_err(|e| format!("root {}: {e}", path.display()))?;
+        return Ok((Roots::One(root), path.display().to_string()));
+    }
+    if args.absolute_dir.len() > ABSOLUTE_DIRS_MAX {
+        return Err(format!(
+            "--absolute-dir given {} times; at most {ABSOLUTE_DIRS_MAX}",
+            args.absolute_dir.len()
+        ));
+    }
+    let mut dirs = Vec::with_capacity(args.absolute_dir.len());
+    for path in &args.absolute_dir {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        if !bytes.starts_with(b"/") {
+            return Err(format!(
+                "--absolute-dir {}: not an absolute path (requests are matched against it)",
+                path.display()
+            ));
+        }
+        let root =
+            Root::open(path).map_err(|e| format!("--absolute-dir {}: {e}", path.display()))?;
+        // `/srv/tftp/` matches as `/srv/tftp`; `/` as every absolute name.
+        let mut prefix = bytes.to_vec();
+        while prefix.last() == Some(&b'/') {
+            prefix.pop();
+        }
+        dirs.push((prefix, root));
+    }
+    let names: Vec<String> = args
+        .absolute_dir
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    Ok((
+        Roots::Absolute(dirs),
+        format!("absolute names under {}", names.join(", ")),
+    ))
 }
 
 /// How long the server has had no session and received no packet, from

@@ -157,6 +157,72 @@ fn rhel_style_in_tftpd_serves_the_socket_on_stdin_and_exits_when_idle() {
     );
 }
 
+/// tftpd-hpa without -s: names are absolute and must lie under one of
+/// the directories given; uftpd serves them the same way, through real
+/// clients, and refuses relative names and names under no directory.
+#[test]
+fn in_tftpd_without_secure_serves_absolute_names_under_its_directories() {
+    if skip_on_stand_in("uftpd's in.tftpd") {
+        return;
+    }
+    let dir = TempDir::new("hpa-absolute");
+    let first = dir.join("tftpboot");
+    let second = dir.join("images");
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::write(first.join("pxelinux.0"), b"pxe\n").unwrap();
+    std::fs::write(second.join("vmlinuz"), b"kernel\n").unwrap();
+    std::fs::write(dir.join("secret"), b"no\n").unwrap();
+    let link = dir.join("in.tftpd");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_uftpd"), &link).unwrap();
+    let mut cmd = Command::new(&link);
+    // -u root keeps the test's own temporary directory readable.
+    cmd.args(["-l", "-u", "root", "-a", "127.0.0.1:0"])
+        .arg(&first)
+        .arg(&second);
+    let server = Server::start_command(cmd, 1);
+    let name = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let kernel = name(&second.join("vmlinuz"));
+    let got = raw_get(
+        server.addr(),
+        name(&first.join("pxelinux.0")).as_bytes(),
+        "octet",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    assert_eq!(got.data, b"pxe\n");
+    if !skip_if_missing("tftp") {
+        let out_path = dir.join("got-kernel");
+        let out = run_client(
+            Command::new("tftp")
+                .args([
+                    "-m",
+                    "binary",
+                    &server.host(),
+                    &server.port().to_string(),
+                    "-c",
+                    "get",
+                ])
+                .arg(&kernel)
+                .arg(&out_path),
+            Duration::from_secs(20),
+        );
+        assert!(out.success(), "{}", out.describe());
+        assert_file_eq(&out_path, b"kernel\n", "tftp-hpa get of an absolute name");
+    }
+    for (request, says) in [
+        ("pxelinux.0".to_string(), "Only absolute filenames allowed"),
+        (name(&dir.join("secret")), "Outside the served directory"),
+        (
+            format!("{}/../secret", name(&first)),
+            "Outside the served directory",
+        ),
+    ] {
+        let (code, msg) = error_reply(&server, &rrq(request.as_bytes(), "octet", &[]));
+        assert_eq!((code, msg.as_str()), (2, says), "{request}");
+    }
+}
+
 #[test]
 fn in_tftpd_refuses_what_uftpd_cannot_do_in_one_line() {
     let dir = TempDir::new("hpa-refuse");
@@ -168,7 +234,7 @@ fn in_tftpd_refuses_what_uftpd_cannot_do_in_one_line() {
         (vec!["-s", root], "standard input is not a socket"),
         (vec!["-l", "-R", "8191:4096", "-s", root], "-R/--port-range"),
         (vec!["-l", "-r", "mtu", "-s", root], "-r/--refuse"),
-        (vec!["-l", "-a", "127.0.0.1:0", root], "add -s DIR"),
+        (vec!["-l", "-a", "127.0.0.1:0", "srv"], "must be absolute"),
     ] {
         let out = Command::new(&link).args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

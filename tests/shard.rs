@@ -17,7 +17,7 @@ use uftpd::shard::Control;
 use clap::Parser;
 
 use common::{TempDir, raw_get_on, write_random_file};
-use uftpd::cache::{FileCache, Root};
+use uftpd::cache::{FileCache, Root, Roots};
 use uftpd::config::Args;
 use uftpd::shard::{Faults, Shard, ShardSetup};
 use uftpd::stats::{ShardCounters, Snapshot};
@@ -52,7 +52,7 @@ impl InProcess {
         let setup = ShardSetup {
             index: 0,
             service_sockets: vec![(fd, addr)],
-            root: Arc::new(Root::open(root).unwrap()),
+            root: Arc::new(Roots::One(Root::open(root).unwrap())),
             cache: Arc::new(FileCache::new(64)),
             counters: Arc::clone(&counters),
             control: Arc::clone(&control),

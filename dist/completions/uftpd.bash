@@ -23,12 +23,16 @@ _uftpd() {
 
     case "${cmd}" in
         uftpd)
-            opts="-v -q -h -V --generate-man --generate-completions --compat --cores --pin --no-gso --listen --ipv6-only --takeover --inetd --idle-exit-secs --create --overwrite --allow-root-uploads --upload-dir --permissive --map-file --map-test --lowercase --per-client-root --strip-trailing-garbage --user --umask --pidfile --blksize-max --windowsize-max --refuse --port-range --retransmit-ms --retries --max-sessions --max-sessions-per-client --max-unverified-per-client --client-rate --client-burst --unverified-client-bytes-per-s --unverified-bytes-per-s --max-upload-bytes --max-netascii-bytes --max-netascii-total-bytes --dally-ms --grace-ms --verbose --quiet --log-format --syslog --log-queue-records --stats --no-stats --stats-secret-file --stats-allow --stats-connections-max --stats-idle-ms --help --version"
+            opts="-v -q -h -V --absolute-dir --generate-man --generate-completions --compat --cores --pin --no-gso --listen --ipv6-only --takeover --inetd --idle-exit-secs --create --overwrite --allow-root-uploads --upload-dir --permissive --map-file --map-test --lowercase --per-client-root --strip-trailing-garbage --user --umask --pidfile --blksize-max --windowsize-max --refuse --port-range --retransmit-ms --retries --max-sessions --max-sessions-per-client --max-unverified-per-client --client-rate --client-burst --unverified-client-bytes-per-s --unverified-bytes-per-s --max-upload-bytes --max-netascii-bytes --max-netascii-total-bytes --dally-ms --grace-ms --verbose --quiet --log-format --syslog --log-queue-records --stats --no-stats --stats-secret-file --stats-allow --stats-connections-max --stats-idle-ms --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --absolute-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --generate-man)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

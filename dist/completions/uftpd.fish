@@ -1,3 +1,4 @@
+complete -c uftpd -l absolute-dir -d 'Instead of ROOT: serve absolute names under DIR, a request for DIR/x being x in DIR (tftpd-hpa without -s); repeat for several directories, tried in order. Relative names are refused' -r -F
 complete -c uftpd -l generate-man -d 'Write the man page (uftpd.8) into DIR and exit (for packaging)' -r -F
 complete -c uftpd -l generate-completions -d 'Print the completion script for SHELL (bash, zsh, fish, elvish, powershell) and exit (for packaging)' -r -f -a "bash\t''
 elvish\t''

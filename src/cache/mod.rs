@@ -6,5 +6,5 @@ pub mod resolve;
 pub mod upload;
 
 pub use filemap::{FileCache, Lookup, NetasciiError, Source};
-pub use resolve::{PathRefusal, Root};
+pub use resolve::{PathRefusal, Root, Roots};
 pub use upload::{Overwrite, Upload, UploadError, UploadLocks, UploadPolicy};

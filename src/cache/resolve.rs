@@ -26,8 +26,12 @@ pub enum PathRefusal {
     NotRegular,
     NameTooLong,
     /// A `..` that climbs above the root, or a symlink that points out of
-    /// it (openat2's EXDEV).
+    /// it (openat2's EXDEV), or an absolute name under none of the
+    /// `--absolute-dir` directories.
     OutsideRoot,
+    /// A relative name where only absolute ones are served
+    /// (`--absolute-dir`).
+    NotAbsolute,
     /// The process is out of file descriptors (EMFILE/ENFILE): not the
     /// client's fault, and worth retrying.
     NoDescriptors,
@@ -174,6 +178,51 @@ impl Root {
     }
 }
 
+/// Where requested names are served from: one root that every name is
+/// relative to (ROOT, as tftpd-hpa's -s), or directories that absolute
+/// names must start with (`--absolute-dir`, tftpd-hpa without -s: a
+/// request for `/srv/tftp/x` is `x` under `/srv/tftp`).
+#[derive(Debug)]
+pub enum Roots {
+    One(Root),
+    Absolute(Vec<(Vec<u8>, Root)>),
+}
+
+/// Directories `--absolute-dir` may list, at most.
+pub const ABSOLUTE_DIRS_MAX: usize = 64;
+
+impl Roots {
+    /// The single root, if names are relative to one (`--per-client-root`
+    /// needs it).
+    pub fn one(&self) -> Option<&Root> {
+        match self {
+            Roots::One(root) => Some(root),
+            Roots::Absolute(_) => None,
+        }
+    }
+
+    /// The root `name` is served from, and the name below it. With
+    /// absolute directories a relative name is refused, as tftpd-hpa
+    /// refuses it without -s, and so is one under none of them.
+    pub fn select<'n>(&self, name: &'n [u8]) -> Result<(&Root, &'n [u8]), PathRefusal> {
+        let dirs = match self {
+            Roots::One(root) => return Ok((root, name)),
+            Roots::Absolute(dirs) => dirs,
+        };
+        if !name.starts_with(b"/") {
+            return Err(PathRefusal::NotAbsolute);
+        }
+        for (prefix, root) in dirs {
+            if let Some(rest) = name.strip_prefix(prefix.as_slice())
+                && (rest.is_empty() || rest.starts_with(b"/"))
+            {
+                return Ok((root, rest));
+            }
+        }
+        Err(PathRefusal::OutsideRoot)
+    }
+}
+
 fn check_regular(fd: &impl AsRawFd) -> Result<(), PathRefusal> {
     match file_type(fd).map_err(|e| refusal_for(&e))? {
         libc::S_IFREG => Ok(()),
@@ -200,6 +249,28 @@ mod tests {
     fn rel(name: &[u8]) -> Result<Vec<u8>, PathRefusal> {
         let mut out = Vec::new();
         relative_name(name, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn absolute_dirs_take_their_prefix_off() {
+        let open = || Root::open(std::path::Path::new("/")).unwrap();
+        let roots = Roots::Absolute(vec![
+            (b"/srv/tftp".to_vec(), open()),
+            (b"/var/lib/tftpboot".to_vec(), open()),
+        ]);
+        let rest = |name: &[u8]| roots.select(name).map(|(_, rest)| rest.to_vec());
+        assert_eq!(rest(b"/srv/tftp/pxelinux.0").unwrap(), b"/pxelinux.0");
+        assert_eq!(rest(b"/var/lib/tftpboot/a/b").unwrap(), b"/a/b");
+        assert_eq!(rest(b"pxelinux.0"), Err(PathRefusal::NotAbsolute));
+        assert_eq!(rest(b"/srv/tftpx/y"), Err(PathRefusal::OutsideRoot));
+        assert_eq!(rest(b"/etc/passwd"), Err(PathRefusal::OutsideRoot));
+        // What is left is cleaned like any name: its .. cannot climb out.
+        let mut out = Vec::new();
+        let climbing = rest(b"/srv/tftp/../../etc/passwd").unwrap();
+        assert_eq!(
+            relative_name(&climbing, &mut out),
+            Err(PathRefusal::OutsideRoot)
+        );
     }
 
     #[test]

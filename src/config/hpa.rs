@@ -286,19 +286,33 @@ fn native(seen: Seen) -> Result<Hpa, String> {
     if seen.ipv4 && seen.ipv6 {
         return Err("-4 and -6 together: give neither to serve both".into());
     }
+    // With -s, the one directory is the root names are relative to;
+    // without it, names are absolute and must lie under one of the
+    // directories (--absolute-dir each).
     let root = match (seen.secure, seen.dirs.as_slice()) {
-        (true, [dir]) => dir.clone(),
+        (true, [dir]) => Some(dir.clone()),
         (true, []) => return Err("-s/--secure needs a directory".into()),
         (true, _) => {
             return Err("-s/--secure takes one directory (uftpd serves one root)".into());
         }
-        (false, _) => {
-            return Err(
-                "without -s/--secure tftpd-hpa serves absolute names under the \
-                        directories given; uftpd serves one root, as -s does: add -s DIR \
-                        (names are then relative to DIR)"
-                    .into(),
-            );
+        (false, []) => {
+            return Err("no directory to serve: give -s DIR, or the directories \
+                        absolute names may lie under"
+                .into());
+        }
+        (false, dirs) => {
+            for dir in dirs {
+                if !dir.as_bytes().starts_with(b"/") {
+                    return Err(format!(
+                        "{}: without -s/--secure every directory must be absolute \
+                         (names are matched against it)",
+                        show(dir.as_bytes())
+                    ));
+                }
+                argv.push("--absolute-dir".into());
+                argv.push(dir.clone());
+            }
+            None
         }
     };
     if seen.listen {
@@ -351,8 +365,10 @@ fn native(seen: Seen) -> Result<Hpa, String> {
         );
     }
     // The root last, after `--`, so that a directory named `-x` stays one.
-    argv.push("--".into());
-    argv.push(root);
+    if let Some(root) = root {
+        argv.push("--".into());
+        argv.push(root);
+    }
     Ok(Hpa {
         argv,
         standalone: seen.listen,
@@ -564,6 +580,19 @@ mod tests {
     }
 
     #[test]
+    fn directories_without_secure_serve_absolute_names() {
+        let (args, _) = parsed("-l /srv/tftp /var/lib/tftpboot");
+        assert_eq!(args.root, None);
+        assert_eq!(
+            args.absolute_dir,
+            vec![
+                PathBuf::from("/srv/tftp"),
+                PathBuf::from("/var/lib/tftpboot")
+            ]
+        );
+    }
+
+    #[test]
     fn refuse_and_port_range_are_translated() {
         let (args, _) = parsed("-l -r tsize -r BLKSIZE --refuse=tsize -R 4096:32767 -s /srv");
         assert_eq!(
@@ -597,7 +626,8 @@ mod tests {
             ("-l -r mtu -s /srv", "not an option"),
             ("-l -R 4096 -s /srv", "-R/--port-range"),
             ("-l -R 9:8 -s /srv", "LO <= HI"),
-            ("-l /srv", "add -s DIR"),
+            ("-l srv", "must be absolute"),
+            ("-l", "no directory"),
             ("-l -s /a /b", "one root"),
             ("-l -s", "needs a directory"),
             ("-l -x -s /srv", "uftpd --help"),

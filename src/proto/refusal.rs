@@ -83,6 +83,13 @@ impl Refusal {
         "Outside the served directory",
         Cause::Access,
     );
+    /// A relative name where only absolute ones are served (tftpd-hpa's
+    /// words for it, without -s).
+    pub const NOT_ABSOLUTE: Refusal = Refusal::new(
+        ErrorCode::AccessViolation,
+        "Only absolute filenames allowed",
+        Cause::Access,
+    );
     pub const IS_DIRECTORY: Refusal =
         Refusal::new(ErrorCode::AccessViolation, "Is a directory", Cause::Access);
     pub const NOT_REGULAR: Refusal = Refusal::new(

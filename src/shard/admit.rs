@@ -31,6 +31,7 @@ pub(super) fn path_refusal(r: PathRefusal) -> Refusal {
         PathRefusal::PermissionDenied => Refusal::PERMISSION_DENIED,
         PathRefusal::IsDirectory => Refusal::IS_DIRECTORY,
         PathRefusal::OutsideRoot => Refusal::OUTSIDE_ROOT,
+        PathRefusal::NotAbsolute => Refusal::NOT_ABSOLUTE,
         PathRefusal::NotRegular => Refusal::NOT_REGULAR,
         PathRefusal::NameTooLong => Refusal::NAME_TOO_LONG,
         PathRefusal::NoDescriptors | PathRefusal::Busy => Refusal::BUSY,
@@ -350,13 +351,10 @@ impl Shard {
         }
         // dnsmasq's --tftp-unique-root: ROOT/ADDRESS/ when it exists.
         let prefixed;
-        if self.ctx.per_client_root {
-            match per_client_name(
-                &self.ctx.root,
-                peer.ip(),
-                request.filename,
-                &mut self.scratch.name,
-            ) {
+        if self.ctx.per_client_root
+            && let Some(root) = self.ctx.root.one()
+        {
+            match per_client_name(root, peer.ip(), request.filename, &mut self.scratch.name) {
                 Ok(Some(name)) => {
                     prefixed = name;
                     request.filename = &prefixed;
@@ -457,10 +455,13 @@ impl Shard {
         config: &ServerConfig,
         now: Instant,
     ) -> Result<(ServerSession, Store, Option<Arc<dyn Payload>>), Refusal> {
-        let file = self
+        let (root, name) = self
             .ctx
             .root
-            .open_read(request.filename, &mut self.scratch.name)
+            .select(request.filename)
+            .map_err(path_refusal)?;
+        let file = root
+            .open_read(name, &mut self.scratch.name)
             .map_err(path_refusal)?;
         if !self.ctx.permissive {
             use std::os::unix::fs::PermissionsExt;
@@ -518,16 +519,16 @@ impl Shard {
         };
         // Negotiate first: a tsize over the limit is refused before any file exists.
         let session = ServerSession::write(request, config, now)?;
-        let upload = Upload::begin(
-            &self.ctx.root,
-            request.filename,
-            policy,
-            &self.ctx.upload_locks,
-        )
-        .map_err(|e| match e {
-            UploadError::Io(_) => Refusal::CANNOT_CREATE,
-            other => disk_refusal(other),
-        })?;
+        let (root, name) = self
+            .ctx
+            .root
+            .select(request.filename)
+            .map_err(path_refusal)?;
+        let upload =
+            Upload::begin(root, name, policy, &self.ctx.upload_locks).map_err(|e| match e {
+                UploadError::Io(_) => Refusal::CANNOT_CREATE,
+                other => disk_refusal(other),
+            })?;
         let netascii = (request.mode == Mode::Netascii).then(netascii::Decoder::default);
         Ok((
             session,

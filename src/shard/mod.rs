@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::cache::{FileCache, Root, UploadLocks, UploadPolicy};
+use crate::cache::{FileCache, Roots, UploadLocks, UploadPolicy};
 use crate::log::Logger;
 use crate::proto::endpoint::{Endpoint, EndpointConfig};
 use crate::proto::server::ServerConfig;
@@ -57,7 +57,7 @@ use slot::Slot;
 pub struct ShardSetup {
     pub index: usize,
     pub service_sockets: Vec<(OwnedFd, SocketAddr)>,
-    pub root: Arc<Root>,
+    pub root: Arc<Roots>,
     pub cache: Arc<FileCache>,
     pub counters: Arc<ShardCounters>,
     pub control: Arc<Control>,
@@ -198,7 +198,7 @@ struct Service {
 
 /// What does not change while the shard runs, and its counters.
 struct Context {
-    root: Arc<Root>,
+    root: Arc<Roots>,
     cache: Arc<FileCache>,
     counters: Arc<ShardCounters>,
     control: Arc<Control>,
