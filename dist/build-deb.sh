@@ -15,11 +15,15 @@ for path in ./usr/sbin/uftpd ./usr/share/man/man8/uftpd.8.gz \
     ./usr/share/bash-completion/completions/uftpd; do
     grep -q " $path\$" <<<"$contents" || { echo "build-deb: $deb lacks $path"; exit 1; }
 done
+grep -q ' ./usr/lib/uftpd-uring/in.tftpd -> ../../sbin/uftpd$' <<<"$contents" \
+    || { echo "build-deb: $deb lacks the in.tftpd symlink"; exit 1; }
 dpkg-deb -I "$deb" postinst >/dev/null
 echo "build-deb: $deb ($(du -h "$deb" | cut -f1)) holds the binary, man page, completions and units"
 if [[ ${1:-} == --install ]]; then
     dpkg -i "$deb"
     /usr/sbin/uftpd --version
+    /usr/lib/uftpd-uring/in.tftpd -V | grep -q '^uftpd ' \
+        || { echo "build-deb: in.tftpd -V is not uftpd's"; exit 1; }
     getent passwd tftp >/dev/null || { echo "build-deb: no tftp user after install"; exit 1; }
     dpkg --purge uftpd-uring
     echo "build-deb: installed, checked and purged"
