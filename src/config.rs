@@ -173,7 +173,8 @@ pub struct Args {
     /// Serve each client from ROOT/ADDRESS/ (`10.0.0.7`, `fe80::1`) when
     /// that directory exists, else from ROOT (dnsmasq's --tftp-unique-root):
     /// per-machine configurations without remap rules. Applies after
-    /// remapping, to downloads and uploads alike.
+    /// remapping, to downloads only. Not isolation: a client without a
+    /// directory of its own reads all of ROOT.
     #[arg(long)]
     pub per_client_root: bool,
 

@@ -447,6 +447,7 @@ fn bind_all(
     // The address bound before this one, as asked, and the port it got.
     let mut paired: Option<(SocketAddr, u16)> = None;
     for &addr in addrs {
+        let mut made_pair = false;
         // With --takeover the port is expected to be busy (the instance we
         // replace): join its SO_REUSEPORT group instead of waiting it out.
         let probed = if takeover {
@@ -464,9 +465,13 @@ fn bind_all(
         }
         // `[::]:0` (and `:0`) stands for an IPv4 and an IPv6 socket: both
         // get the port the first one was given.
-        let mut actual = match paired {
+        let mut actual = match paired.take() {
             Some((first, port)) if addr.port() == 0 && pairs_with(first, addr) => {
-                SocketAddr::new(addr.ip(), port)
+                // The port was free for the first family only: check this one.
+                let half = SocketAddr::new(addr.ip(), port);
+                net::probe_exclusive(half).map_err(|e| bind_error(half, &e))?;
+                made_pair = true;
+                half
             }
             _ => addr,
         };
@@ -475,7 +480,8 @@ fn bind_all(
             actual = net::local_addr(&fd).map_err(|e| bind_error(actual, &e))?;
             sockets.push((fd, actual));
         }
-        paired = Some((addr, actual.port()));
+        // A pair is made once: `:0 :0` is two pairs, on two free ports.
+        paired = (!made_pair).then_some((addr, actual.port()));
     }
     if per_shard.first().is_none_or(|s| s.is_empty()) {
         return Err("no address to listen on".into());
@@ -547,7 +553,7 @@ fn adopt_all(
 ) -> Result<Vec<Vec<(OwnedFd, SocketAddr)>>, String> {
     let mut per_shard: Vec<Vec<(OwnedFd, SocketAddr)>> = (0..shards).map(|_| Vec::new()).collect();
     for (fd, addr) in passed {
-        activation::adopt(&fd, addr).map_err(|e| format!("socket from systemd {addr}: {e}"))?;
+        activation::adopt(&fd, addr).map_err(|e| format!("passed socket {addr}: {e}"))?;
         let mut shared = false;
         for sockets in per_shard.iter_mut().skip(1) {
             let own = if shared {
@@ -557,9 +563,10 @@ fn adopt_all(
                     Ok(s) => Some(s),
                     Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
                         uftpd::log_warn!(
-                            "cannot open more sockets on {addr} beside the one from systemd \
-                             (it belongs to another user, or lacks ReusePort=yes): all shards \
-                             share it, and a client's repeated request may reach another shard"
+                            "cannot open more sockets on {addr} beside the one passed by \
+                             systemd or inetd (it belongs to another user, or lacks \
+                             ReusePort=yes): all shards share it, and a client's repeated \
+                             request may reach another shard"
                         );
                         shared = true;
                         None
@@ -571,7 +578,7 @@ fn adopt_all(
                 Some(s) => s,
                 None => fd
                     .try_clone()
-                    .map_err(|e| format!("socket from systemd {addr}: {e}"))?,
+                    .map_err(|e| format!("passed socket {addr}: {e}"))?,
             };
             sockets.push((fd, addr));
         }
@@ -641,24 +648,48 @@ fn capabilities_kept(args: &Args) -> Option<Vec<u32>> {
     })
 }
 
+/// Looks at the threads' capabilities, 10 ms apart, before one that kept
+/// some is an error.
+const CAPABILITY_CHECKS_MAX: u32 = 50;
+
 /// Drops the main thread's capabilities but `keep`, then checks that no
 /// thread of the process holds more (a thread spawned with them and never
 /// dropped would be a hole), and says what is kept.
 fn check_capabilities(keep: &[u32]) -> Result<(), String> {
-    process::drop_thread_capabilities(keep)
+    // A capability never held cannot be kept (capset may only lower).
+    let held_before = process::permitted_capabilities().unwrap_or(0);
+    let keep: Vec<u32> = keep
+        .iter()
+        .copied()
+        .filter(|&bit| bit < 64 && held_before & (1 << bit) != 0)
+        .collect();
+    process::drop_thread_capabilities(&keep)
         .map_err(|e| format!("cannot drop capabilities: {e}"))?;
     let allowed: u64 = keep.iter().fold(0, |m, &bit| m | (1u64 << bit));
-    match process::thread_capabilities() {
-        Ok(threads) => {
-            if let Some(extra) = threads.iter().find(|&&caps| caps & !allowed != 0) {
-                return Err(format!(
-                    "a thread still holds capabilities {extra:#x} after dropping them"
-                ));
+    // The log and stats threads drop theirs as they start: give them a
+    // moment (a bounded number of looks) before calling one a hole.
+    let mut looks = 0;
+    loop {
+        looks += 1;
+        match process::thread_capabilities() {
+            Ok(threads) => match threads.iter().find(|&&caps| caps & !allowed != 0) {
+                None => break,
+                Some(_) if looks < CAPABILITY_CHECKS_MAX => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Some(extra) => {
+                    return Err(format!(
+                        "a thread still holds capabilities {extra:#x} after dropping them"
+                    ));
+                }
+            },
+            Err(e) => {
+                uftpd::log_warn!("cannot check the threads' capabilities: {e}");
+                break;
             }
         }
-        Err(e) => uftpd::log_warn!("cannot check the threads' capabilities: {e}"),
     }
-    if keep.is_empty() {
+    if allowed == 0 {
         uftpd::log_info!("no capabilities kept");
     } else {
         uftpd::log_info!("keeping CAP_NET_BIND_SERVICE only (--port-range below 1024)");

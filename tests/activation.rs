@@ -308,7 +308,7 @@ fn inetd_mode_serves_the_socket_on_stdin_with_every_shard() {
     cmd.args([
         "--inetd",
         "--idle-exit-secs",
-        "2",
+        "5",
         "--cores",
         "2",
         "--stats",
@@ -320,7 +320,7 @@ fn inetd_mode_serves_the_socket_on_stdin_with_every_shard() {
     let mut server = Server::start_inetd(cmd, socket);
     assert_eq!(server.addr(), addr);
     assert_both_shards_serve(&server);
-    let status = server.wait_exit(Duration::from_secs(10));
+    let status = server.wait_exit(Duration::from_secs(15));
     assert!(
         status.is_some_and(|s| s.success()),
         "{status:?}\n{}",

@@ -86,8 +86,8 @@ up "$LOGS/own.log" 2
 echo "own v4: $(curl -s --max-time 10 tftp://127.0.0.1:6969/boot.txt)"
 echo "own v6: $(curl -s -g --max-time 10 'tftp://[::1]:6969/boot.txt')"
 kill $pid; wait $pid
-"$UFTPD" --listen '[::]:0' --cores 1 --no-stats "$ROOT" 2>"$LOGS/free.log" & pid=$!
-up "$LOGS/free.log" 2
+"$UFTPD" --listen '[::]:0' --listen :0 --cores 1 --no-stats "$ROOT" 2>"$LOGS/free.log" & pid=$!
+up "$LOGS/free.log" 4
 kill $pid; wait $pid
 systemd-socket-activate --datagram -l '[::]:6970' "$UFTPD" --cores 2 --no-stats "$ROOT" 2>"$LOGS/passed.log" & pid=$!
 sleep 0.2
@@ -114,13 +114,14 @@ kill $pid; wait $pid
     }
     assert!(logs[0].contains("listening on 0.0.0.0:6969"), "{all}");
     assert!(logs[0].contains("listening on [::]:6969"), "{all}");
-    // [::]:0: one free port for both families.
+    // [::]:0 and :0: a free port each, both families on each.
     let ports: BTreeSet<&str> = logs[1]
         .lines()
         .filter_map(|l| l.split("listening on ").nth(1))
         .filter_map(|a| a.rsplit(':').next())
         .collect();
-    assert_eq!(ports.len(), 1, "{all}");
+    assert_eq!(ports.len(), 2, "{all}");
+    assert_eq!(logs[1].matches("listening on ").count(), 4, "{all}");
     // The IPv4 client of the dual-stack socket is an IPv4 address.
     assert!(logs[2].contains("to 127.0.0.1:"), "{all}");
     assert!(!logs[2].contains("::ffff:"), "{all}");

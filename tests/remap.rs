@@ -138,6 +138,12 @@ fn map_file_e_rule_passes_and_a_rule_refuses() {
     assert_eq!((code, msg.as_str()), (2, "Only public/ is served"));
     let (code, msg) = error_reply(&server, &rrq(b"loop", "octet", &[]));
     assert_eq!((code, msg.as_str()), (2, "Remap table failure"));
+    // A `..` is resolved before the rules look: `public/../secret.txt` is
+    // `secret.txt`, and refused as that.
+    let (code, msg) = error_reply(&server, &rrq(b"public/../secret.txt", "octet", &[]));
+    assert_eq!((code, msg.as_str()), (2, "Only public/ is served"));
+    let got = raw_get(server.addr(), b"public/x/../a.txt", "octet", &[]).unwrap();
+    assert_eq!(got.data, b"public\n");
     // The rules apply to uploads too (a WRQ refused before uploads are).
     let (code, msg) = error_reply(&server, &wrq(b"x", "octet", &[]));
     assert_eq!((code, msg.as_str()), (2, "Only public/ is served"));

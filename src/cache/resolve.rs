@@ -85,6 +85,11 @@ pub fn relative_name(name: &[u8], out: &mut Vec<u8>) -> Result<(), PathRefusal> 
     Ok(())
 }
 
+/// Whether `name` has a `..` component (either separator).
+pub fn has_dot_dot(name: &[u8]) -> bool {
+    name.split(|&b| b == b'/' || b == b'\\').any(|c| c == b"..")
+}
+
 /// Maps an errno from opening a name to the refusal a client sees.
 pub fn refusal_for(err: &io::Error) -> PathRefusal {
     match err.raw_os_error() {
@@ -140,17 +145,19 @@ impl Root {
 
     /// Whether `name` (one component: no `/`, no `..`) is a directory
     /// right under the root. Symlinks are followed only within the root.
-    pub fn has_directory(&self, name: &[u8], scratch: &mut Vec<u8>) -> bool {
+    /// Only "no such directory" is `Ok(false)`: running out of descriptors
+    /// must not quietly serve another directory's files.
+    pub fn has_directory(&self, name: &[u8], scratch: &mut Vec<u8>) -> Result<bool, PathRefusal> {
         if name.is_empty() || name.contains(&b'/') || name == b".." || name == b"." {
-            return false;
+            return Ok(false);
         }
-        if relative_name(name, scratch).is_err() {
-            return false;
+        relative_name(name, scratch)?;
+        let path = as_c_path(scratch)?;
+        match open_beneath(self.fd(), path, libc::O_PATH | libc::O_DIRECTORY, 0) {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(false),
+            Err(e) => Err(refusal_for(&e)),
         }
-        let Ok(path) = as_c_path(scratch) else {
-            return false;
-        };
-        open_beneath(self.fd(), path, libc::O_PATH | libc::O_DIRECTORY, 0).is_ok()
     }
 
     /// Opens a regular file for reading, without ever blocking or touching

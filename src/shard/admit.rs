@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use crate::cache::resolve;
 use crate::cache::{Lookup, NetasciiError, PathRefusal, Upload, UploadError};
 use crate::log::{Body, Level, Record, RefusedLog, RequestLog};
 use crate::proto::endpoint::{Decision, Ignored};
@@ -71,7 +72,7 @@ fn per_client_name(
     }
     let len = usize::try_from(cursor.position()).unwrap_or(0);
     let dir = text.get(..len).unwrap_or_default();
-    if !root.has_directory(dir, scratch) {
+    if !root.has_directory(dir, scratch)? {
         return Ok(None);
     }
     let mut cleaned = Vec::with_capacity(name.len());
@@ -326,6 +327,22 @@ impl Shard {
         if ctx.names_shared.generation() != ctx.names_generation {
             (ctx.names_generation, ctx.names) = ctx.names_shared.current();
         }
+        // A `..` is resolved before the rules see the name, so that a rule
+        // refusing `private/` also refuses `x/../private/secret`.
+        let cleaned;
+        if resolve::has_dot_dot(request.filename) {
+            let mut out = Vec::with_capacity(request.filename.len() + 1);
+            if let Err(r) = resolve::relative_name(request.filename, &mut out) {
+                self.refuse(service, peer, local, path_refusal(r), raw);
+                return;
+            }
+            // An absolute name stays absolute (--absolute-dir needs it).
+            if matches!(request.filename.first(), Some(b'/' | b'\\')) {
+                out.insert(0, b'/');
+            }
+            cleaned = out;
+            request.filename = &cleaned;
+        }
         if let Some(names) = &self.ctx.names {
             let op = match request.kind {
                 RequestKind::Read => remap::Op::Get,
@@ -351,7 +368,10 @@ impl Shard {
         }
         // dnsmasq's --tftp-unique-root: ROOT/ADDRESS/ when it exists.
         let prefixed;
+        // Downloads only, as dnsmasq (which takes no uploads) does: an
+        // upload directory stays one place for every client.
         if self.ctx.per_client_root
+            && request.kind == RequestKind::Read
             && let Some(root) = self.ctx.root.one()
         {
             match per_client_name(root, peer.ip(), request.filename, &mut self.scratch.name) {

@@ -40,16 +40,27 @@ impl MtuCache {
             return None;
         }
         let refresh = Duration::from_millis(MTU_REFRESH_MS);
-        if let Some(e) = self.entries.iter_mut().find(|e| e.ifindex == ifindex) {
-            if now.saturating_duration_since(e.fetched) >= refresh {
-                e.mtu_bytes = lookup(ifindex).ok();
-                e.fetched = now;
-            }
+        let entry = self.entries.iter_mut().find(|e| e.ifindex == ifindex);
+        if let Some(e) = &entry
+            && now.saturating_duration_since(e.fetched) < refresh
+        {
             return e.mtu_bytes;
+        }
+        let looked_up = match lookup(ifindex) {
+            Ok(mtu) => Some(mtu),
+            // Out of descriptors or memory says nothing about the
+            // interface: keep what was known, remember nothing new.
+            Err(e) if is_transient(&e) => return entry.and_then(|e| e.mtu_bytes),
+            Err(_) => None,
+        };
+        if let Some(e) = entry {
+            e.mtu_bytes = looked_up;
+            e.fetched = now;
+            return looked_up;
         }
         let entry = Entry {
             ifindex,
-            mtu_bytes: lookup(ifindex).ok(),
+            mtu_bytes: looked_up,
             fetched: now,
         };
         let mtu = entry.mtu_bytes;
@@ -61,6 +72,13 @@ impl MtuCache {
         debug_assert!(self.entries.len() <= MTU_ENTRIES_MAX);
         mtu
     }
+}
+
+fn is_transient(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 #[cfg(test)]
@@ -95,6 +113,12 @@ mod tests {
         );
         assert_eq!(calls.get(), 2);
         assert_eq!(cache.mtu(99, t0, lookup), None);
+        // Running out of descriptors is not remembered as "no MTU".
+        let emfile = |_| Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert_eq!(cache.mtu(7, t0, emfile), None);
+        assert_eq!(cache.mtu(7, t0, lookup), Some(1007));
+        let later = t0 + Duration::from_secs(20);
+        assert_eq!(cache.mtu(7, later, emfile), Some(1007));
         for i in 0..(MTU_ENTRIES_MAX as u32 * 2) {
             cache.mtu(100 + i, t0 + Duration::from_millis(u64::from(i)), lookup);
         }

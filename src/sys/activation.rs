@@ -91,10 +91,15 @@ pub fn take_stdin() -> Result<(OwnedFd, SocketAddr), String> {
     // SAFETY: fcntl on descriptor 0; a closed one fails with EBADF.
     let raw = unsafe { libc::fcntl(0, libc::F_DUPFD_CLOEXEC, LISTEN_FDS_START) };
     if raw < 0 {
+        let e = io::Error::last_os_error();
+        let what = if e.raw_os_error() == Some(libc::EBADF) {
+            "is not open"
+        } else {
+            "cannot be taken"
+        };
         return Err(format!(
-            "--inetd: standard input is not open ({}); inetd's `wait` mode or \
-             systemd's StandardInput=socket passes the socket there",
-            io::Error::last_os_error()
+            "--inetd: standard input {what} ({e}); inetd's `wait` mode or \
+             systemd's StandardInput=socket passes the socket there"
         ));
     }
     // SAFETY: F_DUPFD_CLOEXEC just made this descriptor, owned by nobody else.
@@ -114,13 +119,13 @@ pub fn take_stdin() -> Result<(OwnedFd, SocketAddr), String> {
 /// without `StandardError=`) standard error is the service socket too, where
 /// a log line would go nowhere.
 pub fn is_udp_socket(raw: RawFd) -> bool {
-    // SAFETY: a borrowed descriptor for the call only; an invalid one
-    // makes getsockopt fail, which reads as "no".
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
     // SAFETY: fcntl on any number is safe.
     if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
         return false;
     }
+    // SAFETY: the descriptor is open (checked above) and only borrowed
+    // for the calls below.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
     let socket = socket2::SockRef::from(&fd);
     socket.r#type().is_ok_and(|t| t == socket2::Type::DGRAM) && net::local_addr_of(&fd).is_ok()
 }

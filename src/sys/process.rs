@@ -125,8 +125,13 @@ struct CapData {
 /// Capabilities belong to threads: each thread that may hold some calls
 /// this itself. Kept capabilities survive only while the uid stays.
 pub fn drop_thread_capabilities(keep: &[u32]) -> io::Result<()> {
+    // Only what is held can be kept: capset cannot raise a permitted set.
+    let held = permitted_capabilities()?;
     let mut data = [CapData::default(); 2];
-    for &bit in keep {
+    for &bit in keep
+        .iter()
+        .filter(|&&bit| bit < 64 && held & (1 << bit) != 0)
+    {
         let word = data
             .get_mut((bit / 32) as usize)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -156,11 +161,33 @@ pub fn drop_thread_capabilities(keep: &[u32]) -> io::Result<()> {
         {
             return Err(io::Error::last_os_error());
         }
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0, 0, 0) != 0 {
+        let (one, zero) = (1 as libc::c_ulong, 0 as libc::c_ulong);
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) != 0 {
             return Err(io::Error::last_os_error());
         }
     }
     Ok(())
+}
+
+/// The calling thread's permitted capabilities (capget), as a bit set.
+pub fn permitted_capabilities() -> io::Result<u64> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two data words for a v3 header, both valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
 }
 
 /// The effective capabilities of every thread of this process, from
