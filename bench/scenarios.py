@@ -483,6 +483,8 @@ def main():
         "uftpd-smallrings": dict(kind="uftpd", bin=uftpd, extra=[],
                                  prefix=["setpriv", "--bounding-set", "-ipc_lock", "prlimit", "--memlock=196608"]),
         "uftpd-c1-pinned": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1", "--pin"]),
+        # A/B against another build: UFTPD_BEFORE_BIN=/path/to/uftpd.
+        "uftpd-before": dict(kind="uftpd", bin=os.environ.get("UFTPD_BEFORE_BIN", uftpd), extra=[]),
         "sol": dict(kind="sol", bin=os.path.join(release, "uftpd-sol")),
         "tftpd-hpa": dict(kind="tftpd-hpa"),
         "atftpd": dict(kind="atftpd"),
