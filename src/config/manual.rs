@@ -29,8 +29,10 @@ COMMAND LINE below.";
 
 const USAGE: &str = "\
 uftpd [OPTIONS] ROOT
+uftpd [OPTIONS] --absolute-dir DIR...
 uftpd --map-test FILE
-in.tftpd [tftpd-hpa options] -s DIR";
+in.tftpd [tftpd-hpa options] -s DIR
+in.tftpd [tftpd-hpa options] DIR...";
 
 /// Sections after OPTIONS: (heading, paragraphs). Plain text; the roff
 /// crate escapes it.
@@ -46,7 +48,11 @@ const SECTIONS: &[(&str, &[&str])] = &[
              silently ignored. Started as root without -u, uftpd runs as nobody, as \
              tftpd-hpa does.",
             "Debian's in.tftpd --listen --user tftp --address :69 --secure /srv/tftp \
-             runs unchanged.",
+             runs unchanged. Without -l (or -L) the socket comes on standard input \
+             (--inetd), as inetd and RHEL's tftp.socket pass it, and uftpd exits after \
+             -t seconds (900) without a request; so RHEL's in.tftpd -s \
+             /var/lib/tftpboot runs unchanged too. Without -s the directories become \
+             --absolute-dir: names must be absolute and lie under one of them.",
         ],
     ),
     (
@@ -54,7 +60,10 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &[
             "Started by systemd with LISTEN_FDS and LISTEN_PID set (a .socket unit \
              with ListenDatagram=), uftpd serves the UDP sockets it is given instead \
-             of binding --listen addresses; see the README's Running under systemd.",
+             of binding --listen addresses; see the README's Running under systemd. \
+             With --inetd (inetd's wait mode, systemd's StandardInput=socket) it \
+             serves the socket on standard input, and --idle-exit-secs ends it once \
+             nothing has happened for that long.",
         ],
     ),
     (
