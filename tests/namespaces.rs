@@ -12,6 +12,19 @@ use std::time::Duration;
 
 use common::*;
 
+/// `dir/root` holding `boot.txt` ("booted\n"), the file most tests fetch.
+fn boot_root(dir: &TempDir) -> std::path::PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("boot.txt"), b"booted\n").unwrap();
+    root
+}
+
+/// A server's log the script wrote into `dir`, empty if it wrote none.
+fn log_of(dir: &TempDir, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
 /// Runs `script` with sh in network and PID namespaces of its own, its
 /// loopback up, with UFTPD, ROOT and LOGS set; None when namespaces are not
 /// available here (the caller skips).
@@ -76,9 +89,7 @@ fn dual_stack_serves_ipv4_clients_in_a_namespace() {
         return;
     }
     let dir = TempDir::new("dual-stack");
-    let root = dir.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("boot.txt"), b"booted\n").unwrap();
+    let root = boot_root(&dir);
     // Every wait in the script is bounded (10 s each); `timeout` bounds all.
     let script = r#"
 "$UFTPD" --listen '[::]:6969' --cores 2 --no-stats "$ROOT" 2>"$LOGS/own.log" & pid=$!
@@ -99,8 +110,7 @@ kill $pid; wait $pid
     let Some(out) = in_namespace(script, &root, dir.path()) else {
         return;
     };
-    let logs = ["own.log", "free.log", "passed.log"]
-        .map(|f| std::fs::read_to_string(dir.join(f)).unwrap_or_default());
+    let logs = ["own.log", "free.log", "passed.log"].map(|f| log_of(&dir, f));
     let all = format!("{}\n{}", out.describe(), logs.join("\n"));
     for line in [
         "own v4: booted",
@@ -158,8 +168,8 @@ kill $pid; wait $pid
     let all = format!(
         "{}\n{}\n{}",
         out.describe(),
-        std::fs::read_to_string(dir.join("capped.log")).unwrap_or_default(),
-        std::fs::read_to_string(dir.join("operator.log")).unwrap_or_default()
+        log_of(&dir, "capped.log"),
+        log_of(&dir, "operator.log")
     );
     for line in [
         "v4 OACK <blksize: 1468",
@@ -187,9 +197,7 @@ fn without_root_no_thread_keeps_a_capability_it_does_not_need() {
         return;
     }
     let dir = TempDir::new("caps");
-    let root = dir.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("boot.txt"), b"booted\n").unwrap();
+    let root = boot_root(&dir);
     // nobody must reach the root and the logs.
     use std::os::unix::fs::PermissionsExt;
     for d in [dir.path(), root.as_path()] {
@@ -215,8 +223,8 @@ kill $pid; wait $pid
     let all = format!(
         "{}\n{}\n{}",
         out.describe(),
-        std::fs::read_to_string(dir.join("plain.log")).unwrap_or_default(),
-        std::fs::read_to_string(dir.join("range.log")).unwrap_or_default()
+        log_of(&dir, "plain.log"),
+        log_of(&dir, "range.log")
     );
     assert!(out.stdout.contains("plain: booted"), "{all}");
     assert!(out.stdout.contains("range: booted"), "{all}");
@@ -255,11 +263,7 @@ kill $pid; wait $pid
         }
         assert!(line.contains("CapAmb: 0000000000000000"), "{line}\n{all}");
     }
-    assert!(
-        std::fs::read_to_string(dir.join("range.log"))
-            .unwrap_or_default()
-            .contains("keeping CAP_NET_BIND_SERVICE only")
-    );
+    assert!(log_of(&dir, "range.log").contains("keeping CAP_NET_BIND_SERVICE only"));
 }
 
 /// A link-local address names its interface (`[fe80::1%v0]:69`, by name
@@ -271,9 +275,7 @@ fn link_local_addresses_with_a_scope_are_served() {
         return;
     }
     let dir = TempDir::new("link-local");
-    let root = dir.join("root");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("boot.txt"), b"booted\n").unwrap();
+    let root = boot_root(&dir);
     let script = r#"
 ip link add v0 type veth peer name v1
 ip link set v0 up
@@ -289,7 +291,7 @@ kill $pid; wait $pid
     let Some(out) = in_namespace(script, &root, dir.path()) else {
         return;
     };
-    let log = std::fs::read_to_string(dir.join("ll.log")).unwrap_or_default();
+    let log = log_of(&dir, "ll.log");
     assert!(
         out.stdout.contains("link-local: booted"),
         "{}\n{log}",
