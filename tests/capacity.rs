@@ -69,8 +69,10 @@ fn ten_thousand_concurrent_sessions_are_held_in_bounded_memory() {
     }
     let dir = TempDir::new("capacity");
     common::write_random_file(&dir.join("f.bin"), 1, 64 * 1024);
-    // Loopback clients share one address: lift the per-source rate for the
-    // storm (a real farm's clients have addresses of their own). The limit
+    // Loopback clients share one address: lift the per-source rate and
+    // the per-source count of unanswered sessions for the storm (every
+    // RRQ is sent before the first ACK; a real farm's clients have
+    // addresses of their own). The session limit
     // is split evenly between the 2 shards and the kernel's hash spreads
     // clients unevenly: 12,000 leaves room for 10,000 in one storm.
     let mut server = Server::start(
@@ -79,6 +81,8 @@ fn ten_thousand_concurrent_sessions_are_held_in_bounded_memory() {
             "--max-sessions",
             "12000",
             "--client-burst",
+            "20000",
+            "--max-unverified-per-client",
             "20000",
             "--retransmit-ms",
             "5000",
