@@ -121,7 +121,16 @@ def ensure_peer(name):
         debs = [f for f in os.listdir(work) if f.endswith(".deb")]
         if r.returncode == 0 and debs:
             os.makedirs(dest, exist_ok=True)
-            run(["dpkg", "-x", os.path.join(work, debs[0]), dest])
+            deb = os.path.join(work, debs[0])
+            run(["dpkg", "-x", deb, dest])
+            # dpkg -x installs none of the package's dependencies (libwrap0
+            # for both): install them, keeping the first of each alternative.
+            depends = run(["dpkg-deb", "-f", deb, "Depends"]).stdout
+            wanted = [d.split("|")[0].split("(")[0].strip() for d in depends.split(",")]
+            wanted = [w for w in wanted if w and not w.startswith("${")]
+            if wanted:
+                run(["apt-get", "install", "-y", "-q", *wanted],
+                    env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
         shutil.rmtree(work, ignore_errors=True)
     return path if os.path.exists(path) else None
 
@@ -485,6 +494,8 @@ def main():
         "uftpd-c1-pinned": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1", "--pin"]),
         # A/B against another build: UFTPD_BEFORE_BIN=/path/to/uftpd.
         "uftpd-before": dict(kind="uftpd", bin=os.environ.get("UFTPD_BEFORE_BIN", uftpd), extra=[]),
+        # Experiment: transfer sockets connected to their peer.
+        "uftpd-connect": dict(kind="uftpd", bin=uftpd, extra=[], prefix=["env", "UFTPD_CONNECT=1"]),
         "sol": dict(kind="sol", bin=os.path.join(release, "uftpd-sol")),
         "tftpd-hpa": dict(kind="tftpd-hpa"),
         "atftpd": dict(kind="atftpd"),
