@@ -245,6 +245,7 @@ fn run(
             names: Arc::clone(&shared_names),
             permissive: args.permissive,
             gso: !args.no_gso,
+            connect_transfers: !args.stray_errors,
             mtu_cap: args.blksize_max.is_none(),
             per_client_root: args.per_client_root,
             port_range: args.port_range,

@@ -1221,13 +1221,24 @@ fn windowsize_raw_rrq_sends_a_window_before_each_ack() {
 }
 
 #[test]
-fn stray_tid_gets_error_5_and_transfer_completes() {
+fn stray_tid_gets_error_5_with_stray_errors_and_transfer_completes() {
     if skip_on_stand_in(
         "tftpd-hpa connect()s its transfer socket, so the kernel drops stray packets silently",
     ) {
         return;
     }
-    let s = setup(&[]);
+    stray_tid_case(&["--stray-errors"], true);
+}
+
+#[test]
+fn stray_tid_gets_no_tftp_answer_by_default_and_transfer_completes() {
+    // Connected transfer sockets: the kernel answers the stray with ICMP
+    // port unreachable (as for tftpd-hpa and atftpd), the transfer goes on.
+    stray_tid_case(&[], false);
+}
+
+fn stray_tid_case(flags: &[&str], want_error_5: bool) {
+    let s = setup(flags);
     let want = write_random_file(&s.root.join("f"), 61, 100_000);
     let sock = client_socket(s.server.addr());
     sock.send_to(&rrq(b"f", "octet", &[]), s.server.addr())
@@ -1243,12 +1254,24 @@ fn stray_tid_gets_error_5_and_transfer_completes() {
 
     let intruder = client_socket(s.server.addr());
     intruder.send_to(&ack(1), t).unwrap();
-    match recv_packet(&intruder, Duration::from_secs(2)) {
-        Some((Packet::Error { code, .. }, from, _)) => {
+    let answer = recv_packet(
+        &intruder,
+        Duration::from_secs(if want_error_5 { 2 } else { 1 }),
+    );
+    match answer {
+        Some((Packet::Error { code, .. }, from, _)) if want_error_5 => {
             assert_eq!(code, 5, "stray TID: want ERROR 5 (unknown transfer ID)");
             assert_eq!(from, t);
         }
-        other => panic!("stray ACK to the transfer port: want ERROR 5, got {other:?}"),
+        None if !want_error_5 => {}
+        other => panic!(
+            "stray ACK to the transfer port: want {}, got {other:?}",
+            if want_error_5 {
+                "ERROR 5"
+            } else {
+                "no TFTP answer"
+            }
+        ),
     }
 
     sock.send_to(&ack(1), t).unwrap();

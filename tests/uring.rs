@@ -356,3 +356,65 @@ fn a_multishot_receive_reports_its_buffer_and_dropping_the_ring_drains_it() {
     assert!(ring.recv_armed(owner));
     assert!(ring.shutdown(), "an operation outlived the teardown");
 }
+
+#[test]
+fn a_connected_owner_sends_to_its_peer_and_hears_only_from_it() {
+    // Connected transfer sockets send without a name (the kernel's cached
+    // route); the datagrams must still reach the peer, DATA and control
+    // alike, and a stranger's packets must no longer reach the socket.
+    let mut ring = Uring::new(TINY, 2).unwrap();
+    let (fd, ours, peer) = udp_pair();
+    let peer_addr = peer.local_addr().unwrap();
+    let owner = Owner::new(0);
+    ring.install(owner, fd).unwrap();
+    ring.connect(owner, peer_addr).unwrap();
+    ring.attach_payload(owner, Arc::new(Bytes(vec![7u8; 1000])) as Arc<dyn Payload>);
+    ring.send_control(owner, peer_addr, None, |buf| {
+        buf[..5].copy_from_slice(b"hello");
+        Some(5)
+    })
+    .unwrap();
+    ring.send_data(owner, peer_addr, 512, 1, 2, false).unwrap();
+    let mut sends = 0;
+    reap_until(
+        &mut ring,
+        |c| {
+            if matches!(c.op, Op::Send(_)) {
+                assert!(c.result > 0, "send failed: {}", c.result);
+                sends += 1;
+            }
+            sends == 2
+        },
+        "two sends",
+    );
+    let mut buf = [0u8; 2048];
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(from, ours);
+        sizes.push(n);
+    }
+    assert_eq!(sizes, vec![5, 516, 492]);
+
+    ring.arm_recv(owner, Group::Transfers);
+    let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.send_to(b"stray", ours).unwrap();
+    peer.send_to(b"mine", ours).unwrap();
+    // Everything that arrives within 200 ms (bounded): the peer's only.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let mut received = Vec::new();
+    let mut batch = Vec::new();
+    while Instant::now() < deadline {
+        ring.submit_and_wait(Duration::from_millis(20), false)
+            .unwrap();
+        ring.reap(&mut batch, 64);
+        for mut c in batch.drain(..) {
+            if let Some(b) = c.buffer.take() {
+                let d = ring.datagram(&b).map(|d| (d.peer, d.payload.to_vec()));
+                received.push(d);
+                ring.recycle(b);
+            }
+        }
+    }
+    assert_eq!(received, vec![Some((Some(peer_addr), b"mine".to_vec()))]);
+}

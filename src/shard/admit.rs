@@ -456,6 +456,11 @@ impl Shard {
             self.refuse(service, peer, local, Refusal::BUSY, raw);
             return;
         }
+        if self.ctx.connect_transfers {
+            // Any failure (ENETUNREACH, EAFNOSUPPORT...) leaves the socket
+            // unconnected: it still works, at a route lookup per send.
+            let _ = self.io.connect(owner, peer);
+        }
         if let Some(payload) = payload {
             self.io.attach_payload(owner, payload);
             if cold {

@@ -76,6 +76,9 @@ pub struct ShardSetup {
     pub permissive: bool,
     /// Send windows as UDP GSO batches (`--no-gso` turns it off).
     pub gso: bool,
+    /// Connect each transfer socket to its peer (`--stray-errors` turns
+    /// it off, so that strays reach the socket and get ERROR 5).
+    pub connect_transfers: bool,
     /// Cap blksize to the MTU of the interface each request came in on
     /// (no `--blksize-max` given).
     pub mtu_cap: bool,
@@ -212,6 +215,7 @@ struct Context {
     names_shared: Arc<SharedNames>,
     permissive: bool,
     gso: bool,
+    connect_transfers: bool,
     /// Interface MTUs, when blksize follows them (`None`: `--blksize-max`).
     mtus: Option<mtu::MtuCache>,
     per_client_root: bool,
@@ -317,6 +321,7 @@ impl Shard {
                 names_shared: setup.names,
                 permissive: setup.permissive,
                 gso: setup.gso,
+                connect_transfers: setup.connect_transfers,
                 mtus: setup.mtu_cap.then(mtu::MtuCache::new),
                 per_client_root: setup.per_client_root,
                 ports: setup

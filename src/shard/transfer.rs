@@ -51,6 +51,7 @@ impl Shard {
                 After::Nothing
             } else if from != entry.peer {
                 // RFC 1350 §4: a stray TID gets ERROR 5; the transfer goes on.
+                // (Only with --stray-errors: a connected socket never sees one.)
                 c.stray_packets.inc();
                 if matches!(packet, Ok(Packet::Error { .. })) {
                     After::Nothing

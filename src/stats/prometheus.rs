@@ -202,7 +202,7 @@ const FAMILIES: &[Family] = &[
     one(
         "uftpd_stray_packets_total",
         C,
-        "Packets to a transfer port from the wrong TID (answered with ERROR 5).",
+        "Packets to a transfer port from the wrong TID (answered with ERROR 5; only with --stray-errors).",
         &[("stray_packets", "")],
     ),
     one(

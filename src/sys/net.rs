@@ -205,8 +205,9 @@ impl PortPicker {
 }
 
 /// A transfer's own socket (its TID), bound to the local address the
-/// request came to, so every reply leaves from that address. Not
-/// connected: a packet from another port must reach us to get ERROR 5.
+/// request came to, so every reply leaves from that address. The shard
+/// connects it to the client afterwards unless `--stray-errors` asks for
+/// strays to reach it (and get ERROR 5).
 /// With a port range, each of its ports is tried at most once; when none
 /// is free the error is EADDRINUSE.
 pub fn transfer_socket(local: SocketAddr, ports: Option<&mut PortPicker>) -> io::Result<OwnedFd> {
@@ -248,6 +249,11 @@ pub fn transfer_socket(local: SocketAddr, ports: Option<&mut PortPicker>) -> io:
         }
     }
     Err(io::Error::from_raw_os_error(libc::EADDRINUSE))
+}
+
+/// Connects a UDP socket to `peer` (see `Uring::connect`).
+pub fn connect(fd: &impl std::os::fd::AsFd, peer: SocketAddr) -> io::Result<()> {
+    socket2::SockRef::from(fd).connect(&peer.into())
 }
 
 /// Largest send buffer asked for a transfer socket; the kernel clamps it to

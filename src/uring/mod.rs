@@ -265,6 +265,8 @@ struct OwnerState {
     payload: Option<Arc<dyn Payload>>,
     /// Descriptors that queued operations name (fsyncs), closed on settle.
     kept: Vec<OwnedFd>,
+    /// The peer the file is connected to: sends to it go without a name.
+    connected: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy)]
@@ -450,6 +452,22 @@ impl Uring {
         if let Some(state) = self.owner_mut(owner) {
             state.file = Some(file);
         }
+        Ok(())
+    }
+
+    /// Connects `owner`'s installed socket to `peer`: the kernel caches the
+    /// route (no lookup per send, early demux on receive) and sends to
+    /// `peer` go without a name. Packets from anyone else no longer reach
+    /// the socket.
+    pub fn connect(&mut self, owner: Owner, peer: SocketAddr) -> io::Result<()> {
+        let Some(state) = self.owner_mut(owner) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let Some(file) = &state.file else {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        };
+        net::connect(file, peer)?;
+        state.connected = Some(peer);
         Ok(())
     }
 
@@ -695,10 +713,11 @@ impl Uring {
         if self.owner(owner).is_none_or(|s| s.file.is_none()) {
             return Err(SendError::NoFile);
         }
+        let name = self.name_for(owner, dest);
         let slot = self.sends.take().ok_or(SendError::NoSlot)?;
         let Some(msg) = self
             .sends
-            .prepare_control(slot, owner.0, dest, source, encode)
+            .prepare_control(slot, owner.0, name, source, encode)
         else {
             self.sends.untake(slot);
             return Err(SendError::Encode);
@@ -709,6 +728,12 @@ impl Uring {
             return Err(SendError::NoSlot);
         }
         Ok(())
+    }
+
+    /// The name a send to `dest` carries: none on a socket connected to it.
+    fn name_for(&self, owner: Owner, dest: SocketAddr) -> Option<SocketAddr> {
+        let connected = self.owner(owner).and_then(|s| s.connected);
+        (connected != Some(dest)).then_some(dest)
     }
 
     /// Whether `owner`'s payload bytes `offset .. offset + len` are in memory.
@@ -763,10 +788,11 @@ impl Uring {
             return Err(SendError::NoSlot);
         }
         let (base, size) = (payload.base(), payload.len_bytes());
+        let name = (state.connected != Some(dest)).then_some(dest);
         let slot = self.sends.take().ok_or(SendError::NoSlot)?;
         let Some(msg) = self
             .sends
-            .prepare_data(slot, owner.0, dest, base, size, blksize, first, count)
+            .prepare_data(slot, owner.0, name, base, size, blksize, first, count)
         else {
             self.sends.untake(slot);
             return Err(SendError::Encode);

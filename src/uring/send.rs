@@ -121,7 +121,7 @@ impl SendPool {
         &mut self,
         index: u32,
         owner: u32,
-        dest: SocketAddr,
+        dest: Option<SocketAddr>,
         source: Option<IpAddr>,
         encode: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) -> Option<*const libc::msghdr> {
@@ -152,7 +152,7 @@ impl SendPool {
         &mut self,
         index: u32,
         owner: u32,
-        dest: SocketAddr,
+        dest: Option<SocketAddr>,
         base: *const u8,
         size_bytes: u64,
         blksize: u16,
@@ -199,13 +199,23 @@ impl SendPool {
 
 fn fill_msghdr(
     slot: &mut SendSlot,
-    dest: SocketAddr,
+    dest: Option<SocketAddr>,
     iovs: usize,
     control_len: usize,
 ) -> *const libc::msghdr {
-    let name_len = net::write_sockaddr(dest, &mut slot.name);
-    slot.msg.msg_name = (&mut slot.name as *mut libc::sockaddr_storage).cast();
-    slot.msg.msg_namelen = name_len;
+    // A connected socket sends without a name: the kernel then uses the
+    // route it cached at connect() instead of looking one up per datagram.
+    match dest {
+        Some(dest) => {
+            let name_len = net::write_sockaddr(dest, &mut slot.name);
+            slot.msg.msg_name = (&mut slot.name as *mut libc::sockaddr_storage).cast();
+            slot.msg.msg_namelen = name_len;
+        }
+        None => {
+            slot.msg.msg_name = std::ptr::null_mut();
+            slot.msg.msg_namelen = 0;
+        }
+    }
     slot.msg.msg_iov = slot.iov.as_mut_ptr();
     slot.msg.msg_iovlen = iovs;
     slot.msg.msg_control = if control_len > 0 {

@@ -283,10 +283,17 @@ impl Worker {
         let (Some(from), false) = (dgram.peer, dgram.truncated) else {
             return;
         };
+        let unlocked = t.tid.is_none();
         if let Some(handled) = t.handle(from, dgram.payload, now)
             && let Some(rtt) = handled.window_rtt
         {
             Stats::record(&mut self.stats.window_rtt, rtt);
+        }
+        // Locked onto the server's TID: connect to it, so the kernel keeps
+        // the route (no lookup per send, early demux per receive) and drops
+        // strays before they wake us. Best effort: unconnected works too.
+        if unlocked && let Some(tid) = t.tid {
+            let _ = self.io.connect(Owner::new(index), tid);
         }
         self.pump(index, now);
     }
