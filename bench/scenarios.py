@@ -456,7 +456,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default="S1,S2,S3,S3w,S4,S5")
     ap.add_argument("--servers", default="uftpd,tftpd-hpa,atftpd,dnsmasq",
-                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-pinned (--pin), uftpd-c1-pinned, uftpd-nogso (--no-gso), uftpd-smallrings (reduced rings: 192 KiB memlock, no CAP_IPC_LOCK), "
+                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-pinned (--pin), uftpd-c1-pinned, uftpd-nogso (--no-gso), uftpd-strays (--stray-errors), uftpd-smallrings (reduced rings: 192 KiB memlock, no CAP_IPC_LOCK), "
                          "sol (speed-of-light responder, S1/S5 only), tftpd-hpa, atftpd, dnsmasq")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="uftpd-load --threads")
@@ -494,8 +494,9 @@ def main():
         "uftpd-c1-pinned": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1", "--pin"]),
         # A/B against another build: UFTPD_BEFORE_BIN=/path/to/uftpd.
         "uftpd-before": dict(kind="uftpd", bin=os.environ.get("UFTPD_BEFORE_BIN", uftpd), extra=[]),
-        # Experiment: transfer sockets connected to their peer.
-        "uftpd-connect": dict(kind="uftpd", bin=uftpd, extra=[], prefix=["env", "UFTPD_CONNECT=1"]),
+        # Unconnected transfer sockets (ERROR 5 to strays), the default
+        # before 2026-12-02.
+        "uftpd-strays": dict(kind="uftpd", bin=uftpd, extra=["--stray-errors"]),
         "sol": dict(kind="sol", bin=os.path.join(release, "uftpd-sol")),
         "tftpd-hpa": dict(kind="tftpd-hpa"),
         "atftpd": dict(kind="atftpd"),
