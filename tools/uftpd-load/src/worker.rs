@@ -45,7 +45,7 @@ pub fn ring_sizes(sessions: usize, datagram_bytes: usize) -> RingSizes {
     // Enough receive buffers for every session's window in flight, within
     // what a buffer ring takes (a u16 count, a power of two).
     let buffers = |want: u32| want.clamp(64, 32_768).next_power_of_two() as u16;
-    RingSizes {
+    let mut sizes = RingSizes {
         sq_entries: (sessions * 2).clamp(256, 4096).next_power_of_two(),
         request_buffers: 8,
         transfer_buffers: if big { 64 } else { buffers(sessions * 4) },
@@ -55,7 +55,24 @@ pub fn ring_sizes(sessions: usize, datagram_bytes: usize) -> RingSizes {
             8
         },
         send_slots: (sessions * 2).clamp(256, 8192),
+    };
+    // Every buffer, send slot and owner needs room in the completion queue,
+    // which Linux caps at 65,536 entries: for 10,000 sessions on one thread
+    // the receive buffers give way (halved, to no fewer than 64), not the
+    // sessions. Bounded: at most 10 halvings from 32,768.
+    let owners = owners_for(sessions as usize);
+    for _ in 0..10 {
+        if sizes.cq_entries(owners).is_some() {
+            break;
+        }
+        if sizes.transfer_buffers > 64 {
+            sizes.transfer_buffers /= 2;
+        }
+        if sizes.upload_buffers > 64 {
+            sizes.upload_buffers /= 2;
+        }
     }
+    sizes
 }
 
 /// Owners a worker of `sessions` sessions needs: one per live transfer
@@ -100,7 +117,9 @@ impl Worker {
         let datagram_bytes = blksize + 4;
         let owners = owners_for(sessions);
         let io = Uring::new(ring_sizes(sessions, datagram_bytes), owners).map_err(|e| {
-            format!("cannot set up io_uring: {e:?} (raise RLIMIT_MEMLOCK or use fewer --sessions)")
+            format!(
+                "cannot set up io_uring: {e:?} (raise RLIMIT_MEMLOCK, or spread --sessions over more --threads)"
+            )
         })?;
         let locals = if plan.bind.is_empty() {
             vec![match plan.server {
@@ -515,5 +534,26 @@ fn errno_name(e: &io::Error) -> &'static str {
         Some(libc::ENOBUFS) | Some(libc::ENOMEM) => "enomem",
         Some(libc::EADDRINUSE) | Some(libc::EADDRNOTAVAIL) => "eaddrinuse",
         _ => "socket",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_fit_the_completion_queue_up_to_ten_thousand_sessions_per_thread() {
+        // 10,000 sessions on one thread used to ask for a 74,526-entry CQ
+        // and fail at setup (S7 with --threads 1).
+        for sessions in [1, 64, 1_000, 4_096, 10_000, 12_000] {
+            for datagram_bytes in [516, 1436, 65_468] {
+                let sizes = ring_sizes(sessions, datagram_bytes);
+                assert!(
+                    sizes.cq_entries(owners_for(sessions)).is_some(),
+                    "{sessions} sessions of {datagram_bytes}-byte datagrams: {sizes:?}"
+                );
+                assert!(sizes.transfer_buffers >= 64);
+            }
+        }
     }
 }
