@@ -22,6 +22,16 @@ pub mod manual;
 
 pub const TFTP_PORT: u16 = 69;
 
+/// Shards when `--cores` is not given: every online CPU but one, which is
+/// left to the rest of the machine (the OS, DHCP, HTTP: a PXE server is
+/// rarely alone on its CPUs), and at least one. A shard that has to wait
+/// for a CPU delays every session it holds: on 2 CPUs shared with a busy
+/// client, one shard beat two on every storm scenario (tuning.md, "Cores
+/// and shards").
+pub fn default_shards(online_cpus: usize) -> usize {
+    online_cpus.saturating_sub(1).max(1)
+}
+
 /// How long an inetd-started server waits for another request before it
 /// exits (tftpd-hpa's -t default: 15 minutes).
 pub const INETD_IDLE_EXIT_SECS: u64 = 900;
@@ -67,8 +77,8 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "hpa")]
     pub compat: Option<Compat>,
 
-    /// Shards (threads, one io_uring each) [default: online CPUs].
-    /// More shards than CPUs share them, with a warning.
+    /// Shards (threads, one io_uring each) [default: online CPUs but one,
+    /// at least 1]. More shards than CPUs share them, with a warning.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub cores: Option<u16>,
 
@@ -657,6 +667,14 @@ impl Args {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_leaves_one_cpu_to_the_rest_of_the_machine() {
+        assert_eq!(default_shards(0), 1);
+        assert_eq!(default_shards(1), 1);
+        assert_eq!(default_shards(2), 1);
+        assert_eq!(default_shards(8), 7);
+    }
 
     #[test]
     fn sizes_take_units() {

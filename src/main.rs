@@ -174,7 +174,9 @@ fn run(
 
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let shards = args.cores.map_or(online, usize::from);
+    let shards = args
+        .cores
+        .map_or_else(|| uftpd::config::default_shards(online), usize::from);
     if shards > online {
         uftpd::log_warn!("{shards} shards on {online} CPUs; shards share CPUs round-robin");
     }

@@ -6,7 +6,7 @@ fish\t''
 powershell\t''
 zsh\t''"
 complete -c uftpd -l compat -d 'Read the rest of the command line as tftpd-hpa\'s (`in.tftpd`\'s); must come first. Invoking uftpd as `in.tftpd` does the same' -r -f -a "hpa\t'tftpd-hpa 5.2\'s `in.tftpd`'"
-complete -c uftpd -l cores -d 'Shards (threads, one io_uring each) [default: online CPUs]. More shards than CPUs share them, with a warning' -r
+complete -c uftpd -l cores -d 'Shards (threads, one io_uring each) [default: online CPUs but one, at least 1]. More shards than CPUs share them, with a warning' -r
 complete -c uftpd -l listen -d 'Address to serve on; repeat for several. `ADDR:PORT`, `[IPV6]:PORT`, an address alone (port 69), `:PORT` or `PORT` alone (0.0.0.0 and [::]), `localhost[:PORT]` (127.0.0.1). Port 0 picks a free port. `[::]` is dual-stack: it serves IPv4 clients too (0.0.0.0 beside an IPv6-only [::]); any other IPv6 address serves IPv6 only. A link-local address names its interface: `[fe80::1%eth0]:69`. Not with socket activation (LISTEN_FDS), which uses systemd\'s sockets. [default: 0.0.0.0:69 and [::]:69]' -r
 complete -c uftpd -l idle-exit-secs -d 'Exit after this many seconds with no transfer running and no request received, so that inetd or systemd start uftpd again on the next request (tftpd-hpa\'s -t). 0 never exits. [default: 900 with --inetd, else 0]' -r
 complete -c uftpd -l upload-dir -d 'Accept uploads only under this directory of the root (e.g. `incoming`); other WRQs get ERROR 2' -r -F
