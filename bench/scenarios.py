@@ -460,7 +460,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", default="S1,S2,S3,S3w,S4,S5")
     ap.add_argument("--servers", default="uftpd,tftpd-hpa,atftpd,dnsmasq",
-                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-pinned (--pin), uftpd-c1-pinned, uftpd-nogso (--no-gso), uftpd-strays (--stray-errors), uftpd-smallrings (reduced rings: 192 KiB memlock, no CAP_IPC_LOCK), "
+                    help="any of uftpd, uftpd-q (quiet), uftpd-c1 (--cores 1), uftpd-c2 (--cores 2), uftpd-pinned (--pin), uftpd-c1-pinned, uftpd-nogso (--no-gso), uftpd-strays (--stray-errors), uftpd-smallrings (reduced rings: 192 KiB memlock, no CAP_IPC_LOCK), "
                          "sol (speed-of-light responder, S1/S5 only), tftpd-hpa, atftpd, dnsmasq")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="uftpd-load --threads")
@@ -488,6 +488,7 @@ def main():
         "uftpd": dict(kind="uftpd", bin=uftpd, extra=[]),
         "uftpd-q": dict(kind="uftpd", bin=uftpd, extra=["-q"]),
         "uftpd-c1": dict(kind="uftpd", bin=uftpd, extra=["--cores", "1"]),
+        "uftpd-c2": dict(kind="uftpd", bin=uftpd, extra=["--cores", "2"]),
         "uftpd-pinned": dict(kind="uftpd", bin=uftpd, extra=["--pin"]),
         "uftpd-nogso": dict(kind="uftpd", bin=uftpd, extra=["--no-gso"]),
         # Reduced rings: under a 192 KiB RLIMIT_MEMLOCK and without
