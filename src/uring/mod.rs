@@ -788,7 +788,7 @@ impl Uring {
             return Err(SendError::NoSlot);
         }
         let (base, size) = (payload.base(), payload.len_bytes());
-        let name = (state.connected != Some(dest)).then_some(dest);
+        let name = self.name_for(owner, dest);
         let slot = self.sends.take().ok_or(SendError::NoSlot)?;
         let Some(msg) = self
             .sends
